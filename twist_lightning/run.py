@@ -1,0 +1,129 @@
+"""Hydra entry point: ``python -m twist_lightning.run [overrides]`` trains a GPT-2, plain or with TwIST.
+
+Examples::
+
+    python -m twist_lightning.run                                   # CPU preset on bundled Tiny Shakespeare
+    python -m twist_lightning.run experiment=smoke trainer.max_steps=5
+    python -m twist_lightning.run model=gpt2 trainer=gpu data=wikitext103
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from twist_lightning.config import register_configs
+from twist_lightning.data import TextDataModule
+from twist_lightning.model import GPTConfig
+from twist_lightning.module import TwISTLitModule
+from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
+
+register_configs()
+
+
+def check_trainer_keys(trainer_cfg: dict[str, Any]) -> None:
+    """Fail before any work on a ``trainer.*`` key that ``lightning.Trainer`` does not take."""
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(set(trainer_cfg) - allowed)
+    if unknown:
+        raise ValueError(f"trainer.{unknown[0]} is not a lightning.Trainer argument (unknown keys: {unknown}). "
+                         "HINT: check the spelling against lightning.Trainer's documentation.")
+
+
+def check_launcher(trainer_cfg: dict[str, Any]) -> None:
+    """Lightning's default popen launcher re-runs the command line, so each child would re-expand a Hydra sweep."""
+    devices, strategy = trainer_cfg.get("devices", 1), str(trainer_cfg.get("strategy", "auto"))
+    multi = devices not in (1, "1", None) and not (isinstance(devices, list) and len(devices) == 1)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and multi and "spawn" not in strategy:
+        raise ValueError(f"trainer.strategy={strategy!r} with trainer.devices={devices} under a Hydra multirun would "
+                         "re-launch the whole sweep in every process (Lightning issue #11300). HINT: use "
+                         "trainer.strategy=ddp_spawn (twist_spawn for TwIST) or launch with torchrun.")
+
+
+def kwargs_of(node: DictConfig) -> dict[str, Any]:
+    """A config group as constructor keyword arguments (resolved, without ``_target_``)."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True, enum_to_str=True).items() if k != "_target_"}
+
+
+def build_datamodule(cfg: DictConfig) -> TextDataModule:
+    vocab_size = None if cfg.model.vocab_size == GPT2_VOCAB_SIZE else cfg.model.vocab_size
+    dm = TextDataModule(**kwargs_of(cfg.data), vocab_size=vocab_size)
+    # tokenize and validate the corpus now, so a bad path or a too-short text fails before the Trainer starts
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list, strategy: Any = None) -> L.Trainer:
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if strategy is not None:
+        trainer_kwargs["strategy"] = strategy
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True), Timer(), *extra_callbacks]
+    return L.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir))
+
+
+def summarize(trainer: L.Trainer, dm: TextDataModule, metrics: dict[str, float], wall_s: float) -> dict[str, Any]:
+    timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+    train_s = max(timer.time_elapsed("train"), 1e-9)
+    tokens = trainer.global_step * dm.hparams.batch_size * dm.hparams.block_size * trainer.world_size
+    tokens *= trainer.accumulate_grad_batches
+    return {
+        "global_step": trainer.global_step,
+        "train_tokens": tokens,
+        "tokens_per_s": round(tokens / train_s, 1),
+        "val_loss": float(metrics.get("val/loss", float("nan"))),
+        "val_ppl": float(metrics.get("val/ppl", float("nan"))),
+        "unigram_ppl": float(dm.unigram_ppl("val")),
+        "train_s": round(train_s, 2),
+        "wall_s": round(wall_s, 2),
+    }
+
+
+def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    width = max(len(k) for k in summary)
+    lines = [f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in summary.items()]
+    rank_zero_info("\n".join(["", "summary", "-" * (width + 12), *lines, f"written to {out_dir / 'summary.json'}"]))
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, validate and summarise one run; returns the summary (also written to ``summary.json``)."""
+    start = time.perf_counter()
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_trainer_keys(trainer_cfg)
+    check_launcher(trainer_cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    L.seed_everything(cfg.seed, workers=True)
+
+    dm = build_datamodule(cfg)
+    module = TwISTLitModule(model=GPTConfig(**kwargs_of(cfg.model)), **kwargs_of(cfg.module))
+
+    trainer = build_trainer(cfg, out_dir, extra_callbacks=[])
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    summary = summarize(trainer, dm, metrics, time.perf_counter() - start)
+    if trainer.is_global_zero:
+        write_summary(summary, out_dir)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    summary = train(cfg)
+    return summary["val_loss"]  # the value a Hydra sweeper optimises
+
+
+if __name__ == "__main__":
+    main()
