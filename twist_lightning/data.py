@@ -524,6 +524,9 @@ def _load_hub(name: str, config: str | None, hf_cache: str) -> Any:
             kwargs.update(keep_linebreaks=True)
         return datasets.load_dataset(name, config, **kwargs)
     flag = _offline_flag()
+    if flag is not None and not datasets.config.HF_HUB_OFFLINE:
+        # datasets read the flag at import time: set later, it would not stop ~23 s of retries.
+        raise _hub_unavailable(name, config, f"{flag} is set")
     if flag is None:
         # load_dataset retries for ~23 s before giving up when offline; a 3 s probe fails sooner.
         reason = _probe_hub()

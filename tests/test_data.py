@@ -1,0 +1,244 @@
+"""Tests for TextDataModule, TokenWindows and the token cache. None touches the network."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+import twist_lightning.data as data_mod
+from twist_lightning.data import DataSource, HubUnavailableError, TextDataModule, TokenWindows
+from twist_lightning.tokenizer import EOT_ID, gpt2_encoding
+
+WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw"
+if not WIKITEXT.is_dir():
+    WIKITEXT = Path("/work/shared/data/wikitext-2-raw")
+
+
+def write_corpus(path: Path, n_lines: int = 400, start: int = 0, tag: str = "") -> Path:
+    """Unique lines, so every chunk of the token stream is distinct."""
+    lines = [f"Line {i}{tag}: the quick brown fox number {i * 7919 % 1000} jumps.\n" for i in range(start, start + n_lines)]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def make_dm(tmp_path: Path, **kwargs) -> TextDataModule:
+    settings = {"cache_dir": str(tmp_path / "cache"), "block_size": 8, "batch_size": 4, "num_proc": 1}
+    settings.update(kwargs)
+    return TextDataModule(**settings)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_windows_shapes_and_shift() -> None:
+    ds = TokenWindows(np.arange(21, dtype=np.uint16), block_size=4)
+    assert len(ds) == 5
+    x, y = ds[4]
+    assert x.dtype == torch.int64 and x.shape == y.shape == (4,)
+    assert x.tolist() == [16, 17, 18, 19] and torch.equal(y, x + 1)
+    with pytest.raises(IndexError):
+        ds[5]
+    assert len(TokenWindows(np.arange(4), block_size=4)) == 0
+
+
+def test_bundled_loads_and_unigram_ppl(tmp_path: Path) -> None:
+    dm = make_dm(tmp_path, block_size=64, num_proc=2)
+    assert dm.model_vocab_size == 50257
+    dm.setup("fit")
+    assert dm.vocab is None
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == y.shape == (4, 64)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    ppl = dm.unigram_ppl("val")
+    assert math.isfinite(ppl) and ppl > 1
+    with pytest.raises(ValueError, match="No test split"):
+        dm.test_dataloader()
+
+
+def test_cache_reused_without_retokenizing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    first = make_dm(tmp_path, source="local", path=str(corpus))
+    first.setup("fit")
+    cache = first.cache_path
+    assert sorted(p.name for p in cache.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert not [p for p in cache.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+    def fail(*args, **kwargs):
+        raise AssertionError("re-tokenized despite a valid cache")
+
+    monkeypatch.setattr(data_mod, "_tokenize_dataset", fail)
+    second = make_dm(tmp_path, source="local", path=str(corpus))
+    second.setup("fit")
+    assert second.cache_path == cache
+    np.testing.assert_array_equal(second.datasets["val"].tokens, first.datasets["val"].tokens)
+
+    # Editing the file changes the key, so the stale cache is not used (here: tokenizing is attempted).
+    write_corpus(corpus, tag="!")
+    edited = make_dm(tmp_path, source="local", path=str(corpus))
+    assert edited.cache_path != cache
+    with pytest.raises(AssertionError, match="re-tokenized"):
+        edited.setup("fit")
+
+
+def _full_stream(path: Path) -> np.ndarray:
+    text = path.read_text(encoding="utf-8")
+    ids = gpt2_encoding().encode_ordinary(text)
+    return np.array(ids + ([] if text.endswith("\n") else [EOT_ID]))
+
+
+def test_chunk_split_deterministic_and_complete(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    dms = {}
+    for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
+        dms[name] = make_dm(tmp_path / name, source="local", path=str(corpus), seed=seed, val_fraction=0.2)
+        dms[name].setup("fit")
+    val = {k: np.asarray(dm.datasets["val"].tokens) for k, dm in dms.items()}
+    np.testing.assert_array_equal(val["a"], val["b"])
+    assert not np.array_equal(val["a"], val["c"])
+
+    # Train and val are disjoint whole chunks that together rebuild the stream in order.
+    full = _full_stream(corpus)
+    train = np.asarray(dms["a"].datasets["train"].tokens)
+    chunk = data_mod.CHUNK_BLOCKS * 8
+    ti = vi = n_val = 0
+    for start in range(0, len(full), chunk):
+        piece = full[start : start + chunk]
+        if np.array_equal(val["a"][vi : vi + len(piece)], piece):
+            vi, n_val = vi + len(piece), n_val + 1
+        else:
+            np.testing.assert_array_equal(train[ti : ti + len(piece)], piece)
+            ti += len(piece)
+    assert (ti, vi) == (len(train), len(val["a"]))
+    assert n_val == round(0.2 * math.ceil(len(full) / chunk))
+
+
+def test_local_folder_with_three_splits(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_corpus(folder / "train.txt", 300)
+    write_corpus(folder / "valid.txt", 60, start=1000)
+    write_corpus(folder / "test.txt", 60, start=2000)
+    dm = make_dm(tmp_path, source="local", path=str(folder))
+    dm.setup("test")
+    assert set(dm.datasets) == {"train", "val", "test"}
+    np.testing.assert_array_equal(dm.datasets["test"].tokens, _full_stream(folder / "test.txt"))
+    assert next(iter(dm.test_dataloader()))[0].shape == (4, 8)
+
+
+def test_wikitext_valid_file_as_single_local_file(tmp_path: Path) -> None:
+    path = WIKITEXT / "wiki.valid.raw"
+    dm = make_dm(tmp_path, source="local", path=str(path), block_size=64, num_proc=2, vocab_size=512)
+    dm.setup("fit")
+    assert dm.model_vocab_size == 512 and dm.vocab is not None and dm.vocab.size == 512
+    assert (dm.cache_path / "vocab.json").is_file()
+    n = sum(ds.num_tokens for ds in dm.datasets.values())
+    assert n == 249884  # the whole file (it ends with a newline, so no EOT)
+    for ds in dm.datasets.values():
+        assert int(np.max(ds.tokens)) < 512
+    assert 1 < dm.unigram_ppl() < 512
+    # The compact vocabulary goes into Lightning checkpoints and comes back.
+    restored = make_dm(tmp_path, source="local", path=str(path), block_size=64, vocab_size=512)
+    restored.load_state_dict(dm.state_dict())
+    assert restored.vocab == dm.vocab
+
+
+def test_wikitext_folder_without_train_file_is_an_error(tmp_path: Path) -> None:
+    dm = make_dm(tmp_path, source="local", path=str(WIKITEXT))
+    with pytest.raises(FileNotFoundError, match=r"no training file.*wiki\.train\.raw.*data\.path=.*wiki\.valid\.raw"):
+        dm.setup("fit")
+
+
+def test_hub_with_local_dataset_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "hubdata"
+    folder.mkdir()
+    write_corpus(folder / "train.txt", 300)
+    write_corpus(folder / "validation.txt", 60, start=1000)
+    write_corpus(folder / "test.txt", 60, start=2000)
+    hub = make_dm(tmp_path, source=DataSource.HUB, hub_name=str(folder))
+    hub.setup("fit")
+    local = make_dm(tmp_path, source="local", path=str(folder))
+    local.setup("fit")
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(hub.datasets[split].tokens, local.datasets[split].tokens)
+
+
+@pytest.mark.parametrize("offline_env", [True, False])
+def test_hub_offline_fails_fast_naming_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_env: bool
+) -> None:
+    if offline_env:
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    else:  # no flag: the (patched, failing) socket probe must stop it
+        for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
+    dm = make_dm(tmp_path, source="hub", hub_name="wikitext", hub_config="wikitext-2-raw-v1")
+    start = time.perf_counter()
+    with pytest.raises(HubUnavailableError, match=r"data\.source=local data\.path="):
+        dm.setup("fit")
+    assert time.perf_counter() - start < 5
+
+
+def test_distributed_sampler_shards_are_disjoint(tmp_path: Path) -> None:
+    dm = make_dm(tmp_path, source="local", path=str(write_corpus(tmp_path / "c.txt")))
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    shards = [
+        set(DistributedSampler(train, num_replicas=2, rank=r, shuffle=True, seed=0, drop_last=True)) for r in (0, 1)
+    ]
+    assert shards[0] and not shards[0] & shards[1]
+    assert len(shards[0] | shards[1]) == 2 * (len(train) // 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"source": "ftp"}, ValueError, r"data\.source='ftp'.*bundled, local, hub"),
+        ({"source": "local"}, ValueError, r"data\.path"),
+        ({"source": "local", "path": "/nonexistent/corpus.txt"}, FileNotFoundError, r"data\.path=/nonexistent"),
+        ({"source": "hub"}, ValueError, r"data\.hub_name"),
+        ({"block_size": 0}, ValueError, r"data\.block_size.*0"),
+        ({"batch_size": 0}, ValueError, r"data\.batch_size.*0"),
+        ({"val_fraction": 0.0}, ValueError, r"data\.val_fraction.*0\.0"),
+        ({"val_fraction": 1.0}, ValueError, r"data\.val_fraction.*1\.0"),
+        ({"vocab_size": 1}, ValueError, r"data\.vocab_size.*1"),
+        ({"vocab_size": 60000}, ValueError, r"data\.vocab_size.*60000"),
+    ],
+)
+def test_bad_settings_fail_in_constructor(tmp_path: Path, kwargs: dict, error: type, pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        make_dm(tmp_path, **kwargs)
+    assert not (tmp_path / "cache").exists()  # rejected before any work
+
+
+def test_empty_corpus(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        make_dm(tmp_path, source="local", path=str(empty)).setup("fit")
+
+
+def test_corpus_too_short_for_block_size(tmp_path: Path) -> None:
+    short = write_corpus(tmp_path / "short.txt", n_lines=3)
+    with pytest.raises(ValueError, match=r"\d+ tokens.*data\.block_size"):
+        make_dm(tmp_path, source="local", path=str(short), block_size=64).setup("fit")
+
+
+def test_split_too_short_for_block_size(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_corpus(folder / "train.txt", 300)
+    (folder / "valid.txt").write_text("tiny\n")
+    with pytest.raises(ValueError, match=r"val split has 2 tokens.*data\.block_size"):
+        make_dm(tmp_path, source="local", path=str(folder)).setup("fit")
