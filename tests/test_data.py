@@ -222,6 +222,16 @@ def test_bad_settings_fail_in_constructor(tmp_path: Path, kwargs: dict, error: t
     assert not (tmp_path / "cache").exists()  # rejected before any work
 
 
+def test_source_accepts_foreign_enum_and_strings(tmp_path: Path) -> None:
+    import enum
+
+    class Source(enum.Enum):  # as in a Hydra structured config
+        bundled = "bundled"
+
+    assert make_dm(tmp_path, source=Source.bundled).source is DataSource.BUNDLED
+    assert make_dm(tmp_path, source="BUNDLED").source is DataSource.BUNDLED
+
+
 def test_empty_corpus(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("")

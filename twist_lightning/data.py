@@ -411,8 +411,10 @@ class TextDataModule(LightningDataModule):
 
 
 def _parse_source(source: DataSource | str) -> DataSource:
+    # Any Enum counts by its value: Hydra structured configs pass their own enum type.
+    raw = source.value if isinstance(source, Enum) else source
     try:
-        return DataSource(source.value if isinstance(source, DataSource) else str(source).lower())
+        return DataSource(str(raw).lower())
     except ValueError:
         allowed = ", ".join(s.value for s in DataSource)
         raise ValueError(f"data.source={source!r} is not supported. Fix: use one of {allowed}.") from None
