@@ -1,0 +1,44 @@
+"""Smoke tests for the benchmark CLI (shape of the report, not timing values)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from twist_lightning.bench.__main__ import BENCHES, main
+from twist_lightning.bench.common import format_table, time_fn
+from twist_lightning.bench.subnet import forward_flops_per_token
+from twist_lightning.model import GPTConfig
+
+
+def test_subnet_bench_tiny_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sub" / "subnet.json"
+    assert main(["subnet", "--tiny", "--out", str(out), "--warmup", "0", "--repeats", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"bench", "machine", "config", "rows", "targets"} and report["bench"] == "subnet"
+    assert {"cpu_count", "torch", "threads", "platform"} <= set(report["machine"])
+    assert report["config"]["model"]["n_head"] == 4 and report["config"]["seq_len"] == 32
+    assert [r["name"] for r in report["rows"]] == ["dense", "2/4 C=none", "1/4 C=none", "2/4 C=first+last"]
+    for row in report["rows"]:
+        assert {"params_M", "param_bytes", "flop_ratio", "time_s", "time_ratio"} <= set(row)
+    assert report["rows"][0]["flop_ratio"] == 1.0 and report["rows"][1]["flop_ratio"] < 1.0
+    assert report["targets"] and all(set(t) == {"name", "value", "target", "met"} for t in report["targets"])
+    assert "dense" in capsys.readouterr().out  # console table
+
+
+def test_dispatch_errors_and_registry() -> None:
+    assert "subnet" in BENCHES
+    assert main(["nope"]) == 2 and main([]) == 2 and main(["--help"]) == 0
+
+
+def test_flops_and_helpers() -> None:
+    cfg = GPTConfig.from_preset("gpt2")
+    # 2 * (85M block weights + 38.6M LM head) + attention: the classic ~2N per token
+    assert forward_flops_per_token(cfg, 256) == 2 * (12 * 12 * 768**2 + 768 * 50257) + 12 * 4 * 256 * 768
+    half = GPTConfig.from_preset("gpt2", layer_heads=[6] * 12, layer_ffn_units=[6] * 12)
+    assert forward_flops_per_token(half, 256) < forward_flops_per_token(cfg, 256)
+    assert time_fn(lambda: None, warmup=0, repeats=3)["median_s"] >= 0
+    table = format_table([{"a": 1.0, "b": "x"}], ["a", "b"]).splitlines()
+    assert len(table) == 3 and table[0].split() == ["a", "b"]
