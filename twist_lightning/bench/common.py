@@ -49,22 +49,26 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
 def time_fn(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3, no_grad: bool = False) -> dict[str, Any]:
     """Median wall time of ``fn()`` after ``warmup`` untimed calls (allocator and kernel caches warm).
 
-    Returns ``{"median_s", "min_s", "times_s"}``. With ``no_grad`` the calls run under ``torch.no_grad()``.
+    Returns ``{"median_s", "min_s", "times_s", "cpu_times_s", "cpu_min_s"}``; ``cpu_*`` is this process's CPU
+    time (all threads), which waiting behind other processes on a shared machine does not inflate. With
+    ``no_grad`` the calls run under ``torch.no_grad()``.
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1.")
-    times = []
+    times, cpu_times = [], []
     with torch.no_grad() if no_grad else torch.enable_grad():
         for i in range(warmup + repeats):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
+                cpu_times.append(time.process_time() - cpu_start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
+            "cpu_times_s": cpu_times, "cpu_min_s": min(cpu_times)}
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats: int = 3,
@@ -77,12 +81,15 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1.")
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
         for name, fn in fns.items():
-            t = time_fn(fn, warmup=0, repeats=1, no_grad=no_grad)["median_s"]
+            t = time_fn(fn, warmup=0, repeats=1, no_grad=no_grad)
             if i >= warmup:
-                times[name].append(t)
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for name, t in times.items()}
+                times[name].append(t["median_s"])
+                cpu[name].append(t["cpu_min_s"])
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t, "cpu_times_s": cpu[name],
+                   "cpu_min_s": min(cpu[name])} for name, t in times.items()}
 
 
 def target(name: str, value: float, goal: str, met: bool) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from twist_lightning.partition import PartitionSpec, extract, random_blueprint
 #: (common set, fraction of units per split layer); None = the dense model.
 VARIANTS: list[tuple[str, float] | None] = [None, ("none", 0.5), ("none", 0.25), ("default", 0.5)]
 COLUMNS = ["name", "params_M", "param_bytes", "flops_per_token_fwd", "flop_ratio", "time_s", "time_ratio",
-           "time_over_flop"]
+           "time_over_flop", "cpu_ratio"]
 
 
 def forward_flops_per_token(config: GPTConfig, seq_len: int) -> int:
@@ -96,10 +96,13 @@ def run(preset: str = "gpt2", seq_len: int = 256, batch: int = 1, warmup: int = 
             "time_median_s": timings[name]["median_s"],
             "time_min_s": timings[name]["min_s"],
             "times_s": timings[name]["times_s"],
+            "cpu_min_s": timings[name]["cpu_min_s"],
+            "cpu_times_s": timings[name]["cpu_times_s"],
         })
     for row in rows:
         row["time_ratio"] = row["time_s"] / rows[0]["time_s"]
         row["time_over_flop"] = row["time_ratio"] / row["flop_ratio"]
+        row["cpu_ratio"] = row["cpu_min_s"] / rows[0]["cpu_min_s"]  # load-insensitive cross-check
     half = rows[1]
     targets_ = [target(f"{half['name']} time_ratio <= 1.1 * flop_ratio", half["time_ratio"],
                        f"<= {1.1 * half['flop_ratio']:.4f}", half["time_ratio"] <= 1.1 * half["flop_ratio"])]
