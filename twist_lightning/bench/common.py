@@ -50,7 +50,7 @@ def time_fn(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3, no_grad: b
     """Median wall time of ``fn()`` after ``warmup`` untimed calls (allocator and kernel caches warm).
 
     Returns ``{"median_s", "min_s", "times_s", "cpu_times_s", "cpu_min_s"}``; ``cpu_*`` is this process's CPU
-    time (all threads), which waiting behind other processes on a shared machine does not inflate. With
+    time (all threads): less inflated than wall time by other processes, though OpenMP spin-waits still count. With
     ``no_grad`` the calls run under ``torch.no_grad()``.
     """
     if repeats < 1:

@@ -102,7 +102,7 @@ def run(preset: str = "gpt2", seq_len: int = 256, batch: int = 1, warmup: int = 
     for row in rows:
         row["time_ratio"] = row["time_s"] / rows[0]["time_s"]
         row["time_over_flop"] = row["time_ratio"] / row["flop_ratio"]
-        row["cpu_ratio"] = row["cpu_min_s"] / rows[0]["cpu_min_s"]  # load-insensitive cross-check
+        row["cpu_ratio"] = row["cpu_min_s"] / rows[0]["cpu_min_s"]  # cross-check only: OpenMP spin-waits still inflate it under load
     half = rows[1]
     targets_ = [target(f"{half['name']} time_ratio <= 1.1 * flop_ratio", half["time_ratio"],
                        f"<= {1.1 * half['flop_ratio']:.4f}", half["time_ratio"] <= 1.1 * half["flop_ratio"])]
