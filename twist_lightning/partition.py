@@ -47,12 +47,14 @@ __all__ = [
     "explicit_blueprint",
     "extract",
     "importance_blueprint",
+    "param_index",
     "random_blueprint",
     "resolve_n_sub",
     "sample_blueprints",
     "scatter",
     "subnet",
     "unit_mask",
+    "unit_scores",
 ]
 
 LayerSpec = str | Iterable[int] | None  # "default" | "none" | "all" | "0,11" | [0, 11] | None (= none)
