@@ -37,7 +37,6 @@ class OptimizerState(str, Enum):
     """What a worker's AdamW moments do at a resample (see ``TwISTStrategy``)."""
 
     reset = "reset"
-    carry = "carry"
 
 
 @dataclass
@@ -84,6 +83,7 @@ class ModuleConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     decay_steps: Optional[int] = None
+    optimizer: str = "adamw"
     compile: bool = False
 
 

@@ -1,0 +1,192 @@
+"""TwISTStrategy: equivalences with DDP and between variants, virtual workers, resume, bad settings.
+
+Multi-process tests use the spawn launcher and gloo on CPU, as Lightning's own strategy tests do.
+"""
+
+import os
+import socket
+from datetime import timedelta
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+import twist_lightning  # noqa: F401  (registers "twist")
+from twist_lightning import SubnetResampling, TwISTLitModule, TwISTStrategy
+from twist_lightning.model import GPT, GPTConfig
+
+SHAPE = dict(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=64)
+
+
+def make_module(optimizer="adamw", lr=1e-2, seed=0) -> TwISTLitModule:
+    torch.manual_seed(seed)
+    # a fixed schedule length, so runs with different max_steps share learning rates
+    return TwISTLitModule(GPTConfig(**SHAPE), lr=lr, warmup_steps=2, decay_steps=20, optimizer=optimizer,
+                          weight_decay=0.1)
+
+
+def loader(batch_size: int, n: int = 64, seed: int = 1) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, SHAPE["vocab_size"], (n, SHAPE["block_size"] + 1), generator=g)
+    return DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=batch_size, shuffle=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fit(module, strategy, devices=1, max_steps=4, batch_size=4, callbacks=(), ckpt_path=None, root=None, n=64):
+    if devices > 1:  # a fresh rendezvous port per launch: a just-closed one can still be in TIME_WAIT
+        os.environ["MASTER_PORT"] = str(free_port())
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=max_steps,
+                        logger=False, enable_checkpointing=bool(callbacks and root), enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=list(callbacks), default_root_dir=root)
+    trainer.fit(module, loader(batch_size, n), ckpt_path=ckpt_path)
+    return trainer
+
+
+def twist(**kw) -> TwISTStrategy:
+    kw.setdefault("timeout", timedelta(seconds=60))
+    return TwISTStrategy(**kw)
+
+
+def params(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict, atol=1e-5) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_full_subnets_sgd_sync_every_step_equals_ddp():
+    """N_sub = N_full, plain SGD, sync every step: averaging weights == averaging gradients (2 ranks)."""
+    ddp = make_module("sgd", lr=0.5)
+    fit(ddp, L.pytorch.strategies.DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)), devices=2)
+    tw = make_module("sgd", lr=0.5)
+    fit(tw, twist(variant="masked", n_sub=1.0, sync_every=1, start_method="spawn"), devices=2)
+    init = params(make_module("sgd", lr=0.5))
+    assert any((init[k] - params(ddp)[k]).abs().max() > 1e-3 for k in init)  # training moved the weights
+    assert_same(params(tw), params(ddp))
+
+
+@pytest.fixture(scope="module")
+def variant_results():
+    out = {}
+    for variant in ("masked", "true", "hybrid"):
+        m = make_module()
+        fit(m, twist(variant=variant, n_sub=2, common="none", sync_every=2, start_method="spawn"), devices=2,
+            max_steps=5)
+        out[variant] = params(m)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["true", "hybrid"])
+def test_variants_give_the_same_parameters(variant_results, variant):
+    assert_same(variant_results[variant], variant_results["masked"])
+
+
+def test_virtual_workers_match_real_processes():
+    """2 virtual workers in one process (batch 2b, rows k::2) == 2 processes with batch b each.
+
+    Plain SGD: with AdamW the float noise of different batch shapes (~1e-7) is amplified on near-zero gradients
+    to ~1e-4 after a few steps, which says nothing about the algorithm.
+    """
+    kw = dict(variant="masked", n_sub=2, common="none", sync_every=2)
+    real = make_module("sgd", lr=0.5)
+    fit(real, twist(**kw, start_method="spawn"), devices=2, max_steps=5)
+    virtual = make_module("sgd", lr=0.5)
+    fit(virtual, twist(**kw, workers_per_process=2), devices=1, max_steps=5, batch_size=8)
+    assert_same(params(virtual), params(real))
+
+
+@pytest.mark.parametrize("variant", ["masked", "true"])
+def test_resume_mid_round_reproduces_uninterrupted_run(tmp_path, variant):
+    # 4 batches an epoch: the checkpoint at step 4 is mid-round but at an epoch boundary, since Lightning
+    # restarts a map-style dataset's epoch from its first batch on resume
+    kw = dict(variant=variant, n_sub=2, common="none", sync_every=3, workers_per_process=2)
+    straight = make_module()
+    fit(straight, twist(**kw), max_steps=7, batch_size=8, n=32)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    first = make_module()
+    fit(first, twist(**kw), max_steps=4, batch_size=8, callbacks=[SubnetResampling(), ckpt], root=tmp_path, n=32)
+    resumed = make_module(seed=123)  # different init: everything must come from the checkpoint
+    fit(resumed, twist(**kw), max_steps=7, batch_size=8, callbacks=[SubnetResampling()],
+        ckpt_path=str(tmp_path / "step=4.ckpt"), n=32)
+    assert_same(params(resumed), params(straight))
+
+
+def test_checkpoint_holds_the_full_central_model_loadable_without_the_strategy(tmp_path):
+    m = make_module()
+    trainer = fit(m, twist(variant="true", n_sub=2, common="none", sync_every=2, workers_per_process=2), max_steps=3)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    gpt = GPT(GPTConfig(**SHAPE))
+    gpt.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    assert_same({k: v for k, v in gpt.state_dict().items()}, params(m))
+    again = TwISTLitModule.load_from_checkpoint(tmp_path / "last.ckpt")
+    assert_same(params(again), params(m))
+
+
+def test_inactive_units_do_not_move_within_a_round():
+    """AdamW momentum and weight decay must not touch units a masked worker does not hold."""
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            strategy = trainer.strategy
+            for w in strategy.workers:  # 4 virtual workers: full-size values each
+                held = torch.zeros_like(w.values, dtype=torch.bool)
+                held[w.index] = True
+                assert torch.equal(w.values[~held], strategy.central[~held])
+                assert (w.values[held] - strategy.central[held]).abs().max() > 0
+            self.checked = trainer.global_step
+
+    m, probe = make_module(), Probe()
+    fit(m, twist(variant="masked", n_sub=1, common="none", sync_every=100, workers_per_process=4), max_steps=3,
+        batch_size=8, callbacks=[probe])
+    assert probe.checked == 3
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(variant="sparse"), "twist.variant"),
+        (dict(sync_every=0), "twist.sync_every"),
+        (dict(workers_per_process=0), "twist.workers_per_process"),
+        (dict(optimizer_state="keep"), "twist.optimizer_state"),
+        (dict(n_sub="half"), "twist.n_sub"),
+    ],
+)
+def test_bad_settings_fail_at_construction(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TwISTStrategy(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(variant="hybrid"), "hybrid"),
+        (dict(n_sub=1, common="none", workers_per_process=2), "cover"),
+        (dict(n_sub=9), "n_sub"),
+    ],
+)
+def test_impossible_settings_fail_before_training(kw, match):
+    m = make_module()
+    before = params(m)
+    with pytest.raises(ValueError, match=match):
+        fit(m, twist(**kw), max_steps=2)
+    assert_same(params(m), before)
+
+
+def test_model_without_a_gpt_is_not_partitionable():
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    with pytest.raises(ValueError, match="not partitionable"):
+        L.Trainer(accelerator="cpu", devices=1, strategy=twist(), max_steps=1, logger=False,
+                  enable_progress_bar=False).fit(BoringModel())

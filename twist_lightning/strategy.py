@@ -1,0 +1,326 @@
+"""``TwISTStrategy``: independent subnetwork training as a Lightning DDP-family strategy.
+
+Every rank trains its own subnet(s) with no per-step gradient all-reduce; every ``sync_every`` optimizer steps
+the workers' values are averaged over their holders into the central model and new blueprints are drawn. All
+ranks draw the same blueprints from ``(seed, round)``, so the only communication is one ``all_gather`` of the
+held values per sync.
+
+Variants:
+    masked: the rank's module is the full model running its subnet by index-select; units it does not hold are
+        restored after every step (AdamW's momentum and weight decay would otherwise move them).
+    true: the rank's module is a physically smaller dense GPT cut from the central model (same shape every
+        round, so the optimizer keeps its tensors); only the held values travel.
+    hybrid: rank 0 trains masked, the other ranks physically.
+
+With ``workers_per_process=k`` each process simulates k workers in turn (each with its own rows of the batch,
+its own values and its own optimizer state), so one CPU process runs the same algorithm as k processes.
+
+Example::
+
+    import twist_lightning  # registers "twist" and "twist_spawn"
+    trainer = L.Trainer(strategy=TwISTStrategy(variant="true", sync_every=15, n_sub=0.5), devices=2)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from datetime import timedelta
+from enum import Enum
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.fabric.utilities.apply_func import apply_to_collection
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from twist_lightning.model import GPT
+from twist_lightning.partition import PartitionSpec, extract, resolve_n_sub, sample_blueprints
+from twist_lightning.workers import CollectiveCounter, Worker, average_over_holders, flat_index, flatten_parameters
+
+VARIANTS = ("masked", "true", "hybrid")
+OPTIMIZER_STATES = ("reset",)  # "carry" (moments averaged over holders like the weights) is not built yet
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    value = value.value if isinstance(value, Enum) else str(value)
+    if value not in allowed:
+        raise ValueError(f"twist.{name}={value!r} is not one of {list(allowed)}.")
+    return value
+
+
+class TwISTStrategy(DDPStrategy):
+    """Train independent subnets on every worker and average them over holders every ``sync_every`` steps.
+
+    Args:
+        variant: ``"masked"``, ``"true"`` or ``"hybrid"`` (see the module docstring).
+        sync_every: optimizer steps between two syncs (the paper uses 15).
+        n_sub: units kept per partitioned layer: an int count, or a float fraction in (0, 1].
+        common: layers every subnet keeps whole: ``"default"`` (first and last), ``"none"``, or a list of indices.
+        scale: multiply subnet attention/FFN outputs by sqrt(N_full / N_sub).
+        optimizer_state: ``"reset"`` starts every worker's AdamW moments from zero at every resample (the only
+            policy so far; the field notes measured carrying per-worker moments to give about the same).
+        workers_per_process: virtual workers each process simulates (S = world size x this).
+        seed: seed of the blueprint sequence (same on every rank).
+    """
+
+    strategy_name = "twist"
+
+    def __init__(
+        self,
+        *,
+        variant: str = "masked",
+        sync_every: int = 15,
+        n_sub: int | float = 0.5,
+        common: Any = "default",
+        scale: bool = True,
+        optimizer_state: str = "reset",
+        workers_per_process: int = 1,
+        seed: int = 0,
+        accelerator: pl.accelerators.Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        precision_plugin: Precision | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+        start_method: str = "popen",
+    ) -> None:
+        super().__init__(accelerator=accelerator, parallel_devices=parallel_devices,
+                         cluster_environment=cluster_environment, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin, process_group_backend=process_group_backend,
+                         timeout=timeout, start_method=start_method)
+        self.variant = _choice("variant", variant, VARIANTS)
+        self.optimizer_policy = _choice("optimizer_state", optimizer_state, OPTIMIZER_STATES)  # not optimizer_state: a Strategy method
+        for name, value in (("sync_every", sync_every), ("workers_per_process", workers_per_process)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"twist.{name}={value!r} must be an integer >= 1.")
+        if isinstance(n_sub, bool) or not isinstance(n_sub, (int, float)):
+            raise ValueError(f"twist.n_sub={n_sub!r} must be an int count or a float fraction in (0, 1].")
+        self.sync_every, self.n_sub, self.common, self.scale = sync_every, n_sub, common, scale
+        self.workers_per_process, self.seed = workers_per_process, seed
+        self.round, self.step_in_round = 0, 0
+        self.counter = CollectiveCounter()
+        self.central_model: GPT | None = None
+        self.central: torch.Tensor | None = None
+        self.workers: list[Worker] = []
+        self._live: torch.Tensor | None = None
+        self._active: int | None = None
+        self._swapped_out: GPT | None = None
+        self._pending: dict[str, Any] | None = None
+
+    # ---- set-up ---------------------------------------------------------------------------------------------------
+    @property
+    def num_subnets(self) -> int:
+        return self.world_size * self.workers_per_process
+
+    def physical_on(self, rank: int) -> bool:
+        return self.variant == "true" or (self.variant == "hybrid" and rank != 0)
+
+    def check(self, model: Any, world_size: int) -> PartitionSpec:
+        """Validate the settings against the model and world size; raises ``ValueError`` before any training."""
+        if not isinstance(model, GPT) or not model.config.is_full:
+            raise ValueError("TwISTStrategy needs a LightningModule whose `model` attribute is a full-size "
+                             f"twist_lightning.GPT (got {type(model).__name__}); the model is not partitionable.")
+        if self.variant == "hybrid" and world_size < 2:
+            raise ValueError("twist.variant='hybrid' needs at least 2 processes (rank 0 masked, the others "
+                             "physical). HINT: set trainer.devices=2, or use variant masked/true in one process.")
+        spec = PartitionSpec.from_config(model.config, common=self.common)
+        sample_blueprints(spec, world_size * self.workers_per_process, self.n_sub, self.seed, 0)  # raises if impossible
+        return spec
+
+    @override
+    def configure_ddp(self) -> None:
+        # No DistributedDataParallel wrapper: there is no per-step gradient all-reduce in TwIST.
+        lm = self.lightning_module
+        self.spec = self.check(getattr(lm, "model", None), self.world_size)
+        if self.world_size > 1:
+            for t in lm.model.state_dict().values():  # the DDP wrapper would have broadcast rank 0's weights
+                dist.broadcast(t, src=0)
+        physical = self.physical_on(self.global_rank)
+        self.central_model = lm.model if physical else copy.deepcopy(lm.model)
+        self.central = flatten_parameters(self.central_model)
+        if self._pending is not None:
+            self.round, self.step_in_round = self._pending["round"], self._pending["step_in_round"]
+        blueprints = self._draw(self.round)
+        mine = blueprints[self.global_rank * self.workers_per_process]
+        if physical:
+            lm.model = extract(self.central_model, mine, scale=self.scale)
+        self._live = flatten_parameters(lm.model)
+        self._start_round(blueprints)
+
+    def _draw(self, round: int):
+        return sample_blueprints(self.spec, self.num_subnets, self.n_sub, self.seed, round)
+
+    def _start_round(self, blueprints) -> None:
+        """Give every local worker its new blueprint and its values sliced from the central model."""
+        model = self.lightning_module.model
+        self.blueprints = blueprints
+        self.all_indices = [flat_index(self.central_model, bp) for bp in blueprints]
+        physical = self.physical_on(self.global_rank)
+        first = self.global_rank * self.workers_per_process
+        self.workers = []
+        for k in range(self.workers_per_process):
+            bp, index = blueprints[first + k], self.all_indices[first + k]
+            source = self.central[index] if physical else self.central
+            values = self._live if self.workers_per_process == 1 else torch.empty_like(source)
+            values.copy_(source)
+            cache = None
+            if not physical:
+                model.set_subnet(list(bp.heads), list(bp.ffn), scale=self.scale)
+                cache = model._subnet
+            self.workers.append(Worker(bp, index, values, physical, defaultdict(dict), cache))
+        self._activate(0)
+
+    def coverage(self) -> float:
+        """Fraction of the partitioned units held by at least one worker this round (1.0 by construction)."""
+        covered = total = 0
+        for layer in range(self.spec.n_layer):
+            heads = set().union(*(bp.heads[layer] for bp in self.blueprints))
+            ffn = set().union(*(bp.ffn[layer] for bp in self.blueprints))
+            covered += len(heads) + len(ffn)
+            total += self.spec.n_head + self.spec.ffn_groups
+        return covered / total
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def _activate(self, k: int) -> None:
+        w = self.workers[k]
+        if self.workers_per_process > 1:
+            self._live.copy_(w.values)
+        if not w.physical:
+            self.lightning_module.model._subnet = w.subnet_cache
+        for opt in self.optimizers:
+            opt.state = w.optimizer_state
+        self._active = k
+
+    def _deactivate(self, k: int) -> None:
+        w = self.workers[k]
+        if not w.physical:  # units this worker does not hold go back to their central values
+            held = self._live[w.index]
+            self._live.copy_(self.central)
+            self._live[w.index] = held
+        if self.workers_per_process > 1:
+            w.values.copy_(self._live)
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any):
+        if self.workers_per_process > 1 and self._active is not None and args:
+            k, n = self._active, self.workers_per_process  # worker k trains on rows k, k+n, ... of the batch
+            args = (apply_to_collection(args[0], torch.Tensor, lambda t: t[k::n]), *args[1:])
+        return super().training_step(*args, **kwargs)
+
+    @override
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
+        output = None
+        for k in range(len(self.workers)):
+            self._activate(k)
+            output = Strategy.optimizer_step(self, optimizer, closure, model, **kwargs)
+            self._deactivate(k)
+        self._activate(0)
+        self.step_in_round += 1
+        if self.step_in_round >= self.sync_every:
+            self.sync()
+        return output
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Average every parameter over its holders into the central model, then resample."""
+        average_over_holders(self.central, self.workers, self.all_indices, self.counter)
+        self.round += 1
+        self.step_in_round = 0
+        self._start_round(self._draw(self.round))
+
+    # ---- evaluation and checkpoints ------------------------------------------------------------------------------
+    def _fitting(self) -> bool:
+        return self.central_model is not None and self.lightning_module.model is not self.central_model
+
+    @override
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        if self._fitting():  # evaluate the central model (as of the last sync), not this worker's subnet
+            self._swapped_out, self.lightning_module.model = self.lightning_module.model, self.central_model
+
+    @override
+    def on_validation_end(self) -> None:
+        if self._swapped_out is not None:
+            self.lightning_module.model, self._swapped_out = self._swapped_out, None
+        super().on_validation_end()
+
+    @override
+    def on_train_end(self) -> None:
+        if self.central_model is not None:
+            if self.step_in_round > 0:
+                self.sync()  # fold the last partial round in, so no training is lost
+            self.lightning_module.model = self.central_model  # after fit, the module holds the central model
+        super().on_train_end()
+
+    @override
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        state = self.lightning_module.state_dict()
+        if self.central_model is None:
+            return state
+        state = {k: v for k, v in state.items() if not k.startswith("model.")}
+        state.update({f"model.{k}": v for k, v in self.central_model.state_dict().items()})
+        return state
+
+    def worker_state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue mid-round: all workers' values and optimizer states."""
+        params = self._params()
+        local = [{"values": w.values.detach().cpu().clone(), "optimizer": _cpu_state(w.optimizer_state, params)}
+                 for w in self.workers]
+        if self.world_size > 1:
+            gathered: list[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, local)
+            local = [w for rank in gathered for w in rank]
+        return {"round": self.round, "step_in_round": self.step_in_round, "workers": local,
+                "bytes_communicated": self.counter.bytes}
+
+    def load_worker_state(self, state: dict[str, Any]) -> None:
+        """Called by ``SubnetResampling.load_state_dict``; applied once the strategy is set up."""
+        self._pending = state
+
+    @override
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self._pending is None or self.central_model is None:
+            return
+        first = self.global_rank * self.workers_per_process
+        params = self._params()
+        for k, w in enumerate(self.workers):
+            saved = self._pending["workers"][first + k]
+            w.values.copy_(saved["values"].to(w.values.device))
+            w.optimizer_state = _restore_state(saved["optimizer"], params, w.values.device)
+        self.counter.bytes = self._pending.get("bytes_communicated", 0)
+        self._pending = None
+        self._activate(0)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry) -> None:
+        for name, start_method in (("twist", "popen"), ("twist_spawn", "spawn"), ("twist_fork", "fork")):
+            if name not in strategy_registry:
+                strategy_registry.register(name, cls, description=f"TwIST with start_method {start_method!r}",
+                                           start_method=start_method)
+
+
+def _cpu_state(state: dict, params: list[torch.Tensor]) -> dict[int, dict[str, Any]]:
+    """An optimizer state keyed by parameter, re-keyed by the parameter's position (pickles across processes)."""
+    return {i: {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in state[p].items()}
+            for i, p in enumerate(params) if p in state}
+
+
+def _restore_state(saved: dict[int, dict[str, Any]], params: list[torch.Tensor], device: torch.device) -> dict:
+    state: dict = defaultdict(dict)
+    for i, s in saved.items():
+        state[params[i]] = {k: (v.to(device) if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in s.items()}
+    return state
