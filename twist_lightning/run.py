@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from twist_lightning.callbacks import SubnetResampling
 from twist_lightning.config import register_configs
 from twist_lightning.data import TextDataModule
-from twist_lightning.model import GPTConfig
+from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
+from twist_lightning.strategy import TwISTStrategy
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
 
 register_configs()
@@ -63,6 +66,26 @@ def build_datamodule(cfg: DictConfig) -> TextDataModule:
     dm.prepare_data()
     dm.setup("fit")
     return dm
+
+
+def world_size(trainer_cfg: dict[str, Any]) -> int:
+    devices = trainer_cfg.get("devices", 1)
+    count = len(devices) if isinstance(devices, list) else int(devices) if str(devices).isdigit() else 1
+    return count * int(trainer_cfg.get("num_nodes", 1))
+
+
+def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | None:
+    """The TwIST strategy of ``cfg.twist`` (None for ``variant: none``), checked against the model up front."""
+    settings = kwargs_of(cfg.twist)
+    variant = settings.pop("variant")
+    settings.pop("eval_subnets")
+    if variant == "none":
+        return None
+    trainer_strategy = str(cfg.trainer.get("strategy", "auto"))
+    settings["start_method"] = "spawn" if "spawn" in trainer_strategy else "popen"
+    strategy = TwISTStrategy(variant=variant, **settings)
+    strategy.check(model, world_size(OmegaConf.to_container(cfg.trainer, resolve=True)))
+    return strategy
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list, strategy: Any = None) -> L.Trainer:
@@ -109,8 +132,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     dm = build_datamodule(cfg)
     module = TwISTLitModule(model=GPTConfig(**kwargs_of(cfg.model)), **kwargs_of(cfg.module))
+    strategy = build_strategy(cfg, module.model)
+    callbacks = [SubnetResampling()] if strategy is not None else []
 
-    trainer = build_trainer(cfg, out_dir, extra_callbacks=[])
+    trainer = build_trainer(cfg, out_dir, extra_callbacks=callbacks, strategy=strategy)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     summary = summarize(trainer, dm, metrics, time.perf_counter() - start)
@@ -125,5 +150,11 @@ def main(cfg: DictConfig) -> float:
     return summary["val_loss"]  # the value a Hydra sweeper optimises
 
 
+def _alias_true_variant(argv: list[str]) -> list[str]:
+    """Hydra parses ``twist=true`` as a boolean, which a config-group override refuses; it means ``physical``."""
+    return ["twist=physical" if arg in ("twist=true", "twist=True") else arg for arg in argv]
+
+
 if __name__ == "__main__":
+    sys.argv = _alias_true_variant(sys.argv)
     main()
