@@ -1,0 +1,305 @@
+"""Cut one "golden ticket" subnet out of a trained TwIST model as a standalone dense GPT.
+
+``python -m twist_lightning.export checkpoint=PATH size=N selector=random|importance|explicit out=DIR``
+picks a subnet of the checkpoint's full model (random ``N``-subset of heads and FFN groups per split layer,
+the ``N`` highest-magnitude units, or an explicit ``blueprint=FILE.json``), cuts it into a narrower dense GPT
+(:func:`~twist_lightning.partition.extract`) and writes::
+
+    DIR/model.safetensors   the subnet's weights (tied embedding stored once)
+    DIR/config.json         GPTConfig.to_dict(): narrowed layer widths, branch scales, extra.blueprint/export
+    DIR/vocab.json          the compact vocabulary, when the checkpoint has one
+
+:func:`load_exported` rebuilds it with neither the full model nor the strategy. With ``hf=true`` a
+``transformers`` GPT-2 folder ``DIR/hf/`` is written too (see :func:`to_hf`).
+
+**The HF export and its limits.** Stock ``GPT2LMHeadModel`` (transformers 5.x) has no per-layer head count
+(``prune_heads`` is gone, and attention width is always ``n_embd``) and one ``n_inner`` for every layer. So the
+HF folder keeps every attention head slot and zeroes the dropped heads (their q/k/v rows and their c_proj
+rows), and sets ``n_inner`` to the widest FFN of the subnet, zero-padding narrower layers. Logits equal the
+masked subnet exactly and ``GPT2LMHeadModel.from_pretrained(DIR/hf)`` loads it as is, but only the FFN is
+actually smaller, and only when all layers share one FFN width (``common=none``, e.g.
+``subnet 6/12 C=none``: ``n_inner = 1536``). For the real speed-up use :func:`load_exported`.
+
+Examples::
+
+    python -m twist_lightning.export checkpoint=last.ckpt size=2 out=exports/half
+    python -m twist_lightning.export checkpoint=last.ckpt size=0.5 selector=importance common=none out=e hf=true
+    python -m twist_lightning.export checkpoint=last.ckpt selector=explicit blueprint=bp.json out=e
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import MISSING
+from safetensors.torch import load_model, save_model
+
+from twist_lightning.model import GPT, GPTConfig, head_cols, head_rows
+from twist_lightning.tokenizer import EOT_ID
+from twist_lightning.partition import Blueprint, PartitionSpec, extract, importance_blueprint, random_blueprint, \
+    resolve_n_sub
+from twist_lightning.vocab import CompactVocab
+
+__all__ = ["SELECTORS", "export_hf", "export_subnet", "load_exported", "load_exported_vocab", "select_blueprint", "to_hf"]
+
+SELECTORS = ("random", "importance", "explicit")
+FORMAT = "twist-lightning-export/1"
+WEIGHTS, CONFIG, VOCAB, HF_DIR = "model.safetensors", "config.json", "vocab.json", "hf"
+
+
+# ---- choosing the subnet ------------------------------------------------------------------------------------------
+def check_size(spec: PartitionSpec, size: int | float, key: str = "size") -> tuple[int, int]:
+    """``(heads, ffn_groups)`` of ``size`` (a head count or a fraction); a ``ValueError`` naming ``key`` otherwise."""
+    try:
+        return resolve_n_sub(spec, size)
+    except ValueError as err:
+        raise ValueError(f"{key}={size!r} is out of range for this model (n_head={spec.n_head}, ffn_groups="
+                         f"{spec.ffn_groups}): use a head count in 1..{spec.n_head} or a fraction in (0, 1]. "
+                         f"({err})") from None
+
+
+def select_blueprint(model: GPT, spec: PartitionSpec, selector: str, size: int | float | None = None,
+                     seed: int = 0, blueprint: str | os.PathLike[str] | Blueprint | None = None) -> Blueprint:
+    """The subnet to export.
+
+    Args:
+        model: The full-size model.
+        spec: Which layers are split (``common`` layers stay whole).
+        selector: ``"random"`` (seeded uniform units), ``"importance"`` (highest-magnitude units, see
+            :func:`~twist_lightning.partition.unit_scores`) or ``"explicit"`` (``blueprint``).
+        size: Units per split layer: a head count or a fraction of ``n_head`` (not used by ``explicit``).
+        seed: Seed of the ``random`` selector.
+        blueprint: ``explicit`` only: a :class:`Blueprint` or a JSON file of ``Blueprint.to_dict()``.
+
+    Raises:
+        ValueError: Unknown selector, missing or out-of-range size, or an explicit blueprint of another shape.
+        FileNotFoundError: The blueprint file does not exist.
+    """
+    if selector not in SELECTORS:
+        raise ValueError(f"selector={selector!r} is not one of {list(SELECTORS)}.")
+    if selector == "explicit":
+        if blueprint is None:
+            raise ValueError("selector=explicit needs blueprint=FILE.json (a Blueprint.to_dict() JSON).")
+        bp = blueprint if isinstance(blueprint, Blueprint) else _read_blueprint(blueprint)
+        try:
+            bp.check_model(model)
+        except ValueError as err:
+            raise ValueError(f"blueprint={blueprint}: {err}") from None
+        return bp
+    if size is None:
+        raise ValueError(f"selector={selector} needs size=N (heads per split layer, 1..{spec.n_head}) or a fraction.")
+    check_size(spec, size)
+    if selector == "random":
+        return random_blueprint(spec, size, seed)
+    return importance_blueprint(model, spec, size)
+
+
+def _read_blueprint(path: str | os.PathLike[str]) -> Blueprint:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"blueprint={str(path)!r} does not exist; write one with Blueprint.to_json().")
+    try:
+        return Blueprint.from_dict(json.loads(p.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"blueprint={str(path)!r} is not a Blueprint JSON ({err}); expected keys "
+                         "n_head, ffn_groups, heads, ffn.") from None
+
+
+# ---- native export ------------------------------------------------------------------------------------------------
+def export_subnet(model: GPT, blueprint: Blueprint, out_dir: str | os.PathLike[str], vocab: CompactVocab | None = None,
+                  scale: bool = True, metadata: dict[str, Any] | None = None) -> GPT:
+    """Write ``blueprint``'s subnet of the full-size ``model`` as a standalone dense GPT folder.
+
+    Args:
+        model: The full-size model.
+        blueprint: The subnet.
+        out_dir: Created if needed; ``model.safetensors``, ``config.json`` (and ``vocab.json``) are overwritten.
+        vocab: The compact vocabulary the model was trained with, if any.
+        scale: Fold TwIST's ``sqrt(N_full / N_sub)`` branch scales into the subnet (as it was trained).
+        metadata: Extra provenance stored in ``config.extra["export"]`` (selector, seed, source checkpoint ...).
+
+    Returns:
+        The extracted subnet (on ``model``'s device, in eval mode).
+    """
+    sub = extract(model, blueprint, scale=scale).eval()
+    sub.config.extra = {**sub.config.extra, "export": {"format": FORMAT, **(metadata or {})}}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # save_model drops one name of the tied wte/lm_head pair; load_model restores the tie
+    save_model(sub, str(out / WEIGHTS), metadata={"format": FORMAT})
+    (out / CONFIG).write_text(json.dumps(sub.config.to_dict(), indent=2) + "\n")
+    if vocab is not None:
+        vocab.save(out / VOCAB)
+    elif (out / VOCAB).exists():
+        (out / VOCAB).unlink()  # a stale vocabulary from an earlier export would decode wrongly
+    return sub
+
+
+def load_exported(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> GPT:
+    """Rebuild an exported subnet (eval mode) from its folder; needs neither the full model nor the strategy.
+
+    Raises:
+        FileNotFoundError: The folder or one of its files is missing.
+        ValueError: ``config.json`` is not an exported GPTConfig or the weights do not fit it.
+    """
+    folder = Path(path)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"export={str(path)!r} has no {name}; write one with "
+                                    "`python -m twist_lightning.export ... out=DIR`.")
+    try:
+        config = GPTConfig(**json.loads((folder / CONFIG).read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ValueError(f"export={str(path)!r}: {CONFIG} is not a GPTConfig ({err}).") from None
+    model = GPT(config)
+    try:
+        missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=True, device=str(map_location))
+    except Exception as err:  # safetensors raises RuntimeError on shapes and SafetensorError on corrupt files
+        raise ValueError(f"export={str(path)!r}: {WEIGHTS} does not fit {CONFIG} ({str(err)[:300]}).") from err
+    return model.to(map_location).eval()
+
+
+def load_exported_vocab(path: str | os.PathLike[str]) -> CompactVocab | None:
+    """The exported compact vocabulary, or ``None`` when the model uses GPT-2's ids."""
+    file = Path(path) / VOCAB
+    return CompactVocab.load(file) if file.is_file() else None
+
+
+# ---- Hugging Face export ------------------------------------------------------------------------------------------
+def _hf_config(sub: GPT, n_inner: int, vocab: CompactVocab | None) -> Any:
+    from transformers import GPT2Config
+
+    cfg = sub.config
+    # <|endoftext|> as the model sees it: its compact id, GPT-2's id, or none for another vocabulary
+    eot = int(vocab.encode([EOT_ID])[0]) if vocab is not None else (EOT_ID if cfg.vocab_size > EOT_ID else None)
+    if not cfg.bias:
+        raise ValueError("hf=true needs model.bias=true: HF GPT-2 always has biases.")
+    return GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, n_inner=None if n_inner == 4 * cfg.n_embd else n_inner,
+        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True, architectures=["GPT2LMHeadModel"], bos_token_id=eot, eos_token_id=eot,
+        twist_blueprint=cfg.extra.get("blueprint"),  # provenance; HF ignores unknown config keys
+    )
+
+
+@torch.no_grad()
+def to_hf(sub: GPT, vocab: CompactVocab | None = None) -> Any:
+    """A stock ``transformers.GPT2LMHeadModel`` computing the same logits as the physical subnet ``sub``.
+
+    Dropped heads keep their slots with zero weights (HF GPT-2 cannot narrow attention); FFN layers are
+    zero-padded to the widest FFN of the subnet (``n_inner``). Branch scales are folded into each ``c_proj``
+    weight and bias (:meth:`GPT.hf_state_dict`). ``vocab`` (the compact vocabulary, if any) sets the config's
+    end-of-text id. Needs ``transformers``.
+    """
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError as err:
+        raise ImportError("hf=true needs transformers: pip install -e '.[hf]'") from err
+    cfg, bp = sub.config, Blueprint.from_dict(sub.config.extra["blueprint"])
+    n_inner = max(cfg.ffn_units(i) for i in range(cfg.n_layer)) * cfg.ffn_unit_width
+    hf = GPT2LMHeadModel(_hf_config(sub, n_inner, vocab)).eval()
+    target = hf.state_dict()
+    narrow = sub.hf_state_dict()  # Conv1D layout (in, out), scales folded
+    for name, value in narrow.items():
+        if ".h." not in name or not (".c_attn." in name or ".c_proj.weight" in name or ".c_fc." in name):
+            target[name].copy_(value)  # shared shape: embeddings, norms, c_proj biases
+            continue
+        layer = int(name.split(".h.")[1].split(".")[0])
+        dst = target[name].zero_()
+        if ".attn." in name:  # put each kept head back into its own slot
+            heads = torch.tensor(bp.heads[layer], dtype=torch.long)
+            if ".c_attn." in name:
+                dst.index_copy_(dst.dim() - 1, head_rows(heads, cfg.head_dim, cfg.n_embd), value)
+            else:  # attn.c_proj.weight, (in = head outputs, out)
+                dst.index_copy_(0, head_cols(heads, cfg.head_dim), value)
+        elif ".c_fc." in name:  # FFN hidden units first, zero padding after
+            dst[..., : value.shape[-1]].copy_(value)
+        else:  # mlp.c_proj.weight (in = hidden, out)
+            dst[: value.shape[0]].copy_(value)
+    return hf
+
+
+def export_hf(sub: GPT, out_dir: str | os.PathLike[str], vocab: CompactVocab | None = None) -> Any:
+    """Write :func:`to_hf` of ``sub`` with ``save_pretrained`` to ``out_dir`` (plus ``vocab.json``); returns it."""
+    hf = to_hf(sub, vocab)
+    hf.save_pretrained(str(out_dir))
+    if vocab is not None:
+        vocab.save(Path(out_dir) / VOCAB)  # HF has no notion of our id remapping; keep it next to the weights
+    return hf
+
+
+# ---- Hydra CLI ----------------------------------------------------------------------------------------------------
+@dataclass
+class ExportConfig:
+    """``python -m twist_lightning.export`` settings (conf/export.yaml)."""
+
+    checkpoint: str = MISSING
+    out: str = MISSING
+    size: Any = None  # head count per split layer, or a fraction of n_head in (0, 1]
+    selector: str = "random"
+    seed: int = 0
+    blueprint: Optional[str] = None  # selector=explicit: Blueprint JSON file
+    common: Any = "default"  # layers kept whole ("default" = first and last, "none", or indices)
+    scale: bool = True
+    hf: bool = False
+
+
+def register_configs() -> None:
+    """Store the ``base_export`` schema in Hydra's ConfigStore (conf/export.yaml extends it)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_export", node=ExportConfig)
+
+
+def export_from_config(cfg: Any) -> dict[str, Any]:
+    """Run one export described by an :class:`ExportConfig` (Hydra ``DictConfig`` or dataclass); returns a summary."""
+    from twist_lightning.checkpoint import load_gpt
+
+    if cfg.selector not in SELECTORS:  # before loading anything
+        raise ValueError(f"selector={cfg.selector!r} is not one of {list(SELECTORS)}.")
+    model, vocab, _ = load_gpt(cfg.checkpoint)
+    spec = PartitionSpec.from_config(model.config, common=_plain(cfg.common))
+    bp = select_blueprint(model, spec, cfg.selector, _plain(cfg.size), cfg.seed, cfg.blueprint)
+    meta = {"checkpoint": str(cfg.checkpoint), "selector": cfg.selector, "size": _plain(cfg.size),
+            "seed": cfg.seed, "common": list(spec.common), "scale": cfg.scale}
+    sub = export_subnet(model, bp, cfg.out, vocab=vocab, scale=cfg.scale, metadata=meta)
+    if cfg.hf:
+        export_hf(sub, Path(cfg.out) / HF_DIR, vocab)
+    full_params, sub_params = model.num_params(False), sub.num_params(False)
+    summary = {"out": str(cfg.out), "blueprint": str(bp), "params": sub_params, "full_params": full_params,
+               "param_ratio": sub_params / full_params, "hf": bool(cfg.hf)}
+    rank_zero_info(f"Exported {sub_params / 1e6:.3f}M of {full_params / 1e6:.3f}M parameters to {cfg.out}\n  {bp}")
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> Python lists; scalars unchanged."""
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return value
+
+
+def _main() -> None:
+    import hydra
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+    def main(cfg: Any) -> None:
+        export_from_config(cfg)
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()
