@@ -1,0 +1,79 @@
+"""Communication accounting for Lightning's plain DDP, on TwIST's yardstick.
+
+:class:`CountingDDPStrategy` is Lightning's ``DDPStrategy`` with a DDP communication hook that all-reduces every
+gradient bucket exactly like DDP's default (``allreduce_hook``: divide by the world size, then ``all_reduce``) and
+adds the bucket's payload (``numel * element_size``) to a :class:`~twist_lightning.workers.CollectiveCounter`.
+``TwISTStrategy.counter`` counts the held vectors it hands to ``all_gather`` the same way, so
+``strategy.counter.bytes / steps`` compares the two directly: bytes a rank hands to collectives per step
+(payload, not wire traffic; a ring all-reduce puts about twice the payload on the wire).
+
+Lightning registers DDP comm hooks only on CUDA (``DDPStrategy._register_ddp_hooks`` checks
+``root_device.type == "cuda"``), so this strategy registers its hook itself on any device; gloo on CPU supports
+comm hooks (``tests/test_comm.py`` checks the counts on 2 CPU ranks).
+
+Not counted, on either side: the initial broadcast of rank 0's weights, and the 1-element stop flag Lightning
+broadcasts every batch.
+
+Example::
+
+    import twist_lightning  # registers "ddp_counting" and "ddp_counting_spawn" (see register_strategies)
+    trainer = L.Trainer(strategy=CountingDDPStrategy(start_method="spawn"), devices=2, accelerator="cpu")
+    trainer.fit(module, loader)
+    trainer.strategy.counter.bytes  # on each rank, e.g. in a callback's on_fit_end
+"""
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import override
+
+from twist_lightning.workers import CollectiveCounter
+
+__all__ = ["CountingDDPStrategy", "counting_allreduce_hook"]
+
+
+def counting_allreduce_hook(
+    counter: CollectiveCounter, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    """DDP's default all-reduce hook that first adds the bucket's payload bytes to ``counter`` (the hook state).
+
+    The annotations must stay real objects (no ``from __future__ import annotations`` here): DDP's
+    ``register_comm_hook`` rejects a hook whose ``bucket`` annotation is not ``dist.GradBucket``.
+    """
+    counter.add(bucket.buffer())
+    return allreduce_hook(None, bucket)  # None: the default (world) process group
+
+
+class CountingDDPStrategy(DDPStrategy):
+    """``DDPStrategy`` that counts the gradient bytes it all-reduces in ``self.counter`` (on CPU too).
+
+    Takes every ``DDPStrategy`` argument except ``ddp_comm_hook`` / ``ddp_comm_state`` / ``ddp_comm_wrapper`` (the
+    counting hook replaces them; a model-averaging comm state would bypass it).
+    """
+
+    strategy_name = "ddp_counting"
+
+    def __init__(self, **kwargs: Any) -> None:
+        clash = sorted({"ddp_comm_hook", "ddp_comm_state", "ddp_comm_wrapper"} & set(kwargs))
+        if clash:
+            raise ValueError(f"CountingDDPStrategy registers its own counting comm hook; drop {clash}.")
+        super().__init__(**kwargs)
+        self.counter = CollectiveCounter()
+
+    @override
+    def _register_ddp_hooks(self) -> None:
+        # Lightning's version registers hooks on CUDA only; gloo (CPU) and NCCL both run this one
+        assert isinstance(self.model, DistributedDataParallel)
+        self.model.register_comm_hook(state=self.counter, hook=counting_allreduce_hook)
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry) -> None:
+        for name, start_method in (("ddp_counting", "popen"), ("ddp_counting_spawn", "spawn")):
+            if name not in strategy_registry:
+                strategy_registry.register(name, cls, description=f"DDP counting all-reduce bytes, start_method "
+                                           f"{start_method!r}", start_method=start_method)
