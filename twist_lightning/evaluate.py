@@ -1,0 +1,490 @@
+"""Golden tickets: held-out perplexity of random and importance-selected subnets at every size.
+
+``python -m twist_lightning.evaluate checkpoint=PATH`` loads a ``TwISTLitModule`` checkpoint, rebuilds its held-out
+split (from the checkpoint's ``datamodule_hyper_parameters``, or ``data.*`` overrides) and evaluates
+
+- the full model,
+- ``samples`` uniformly random subnets at each size in ``sizes`` (heads = FFN groups per split layer; a float is
+  a fraction of ``n_head``; default every size ``1..n_head``),
+- the importance-selected subnet (highest-magnitude units) at each size,
+
+all masked inside the full model (:func:`~twist_lightning.partition.subnet`) under ``torch.inference_mode``. It
+prints a table, writes ``eval.json`` (to ``out=FILE``, else the Hydra run dir) and a box plot ``eval.png`` beside it.
+
+``python -m twist_lightning.evaluate grid=true checkpoints=[a.ckpt,b.ckpt]`` is the robustness grid (paper
+Fig. 5): each checkpoint, trained at size X, is evaluated at every size Y; it writes ``grid.csv``, ``grid.json`` and
+a heatmap ``grid.png`` of mean random-subnet PPL (``out=FILE.csv`` names the CSV, the others go beside it). X comes
+from ``train_sizes=[...]``, else from the training run's saved Hydra config (``<run>/.hydra/config.yaml``:
+``twist.n_sub``, ``twist.variant=none`` = dense) next to ``<run>/checkpoints/*.ckpt``.
+
+Python API: :func:`evaluate_subnets` (model + batches in, results dict out) and :func:`evaluate_checkpoint`.
+
+Examples::
+
+    python -m twist_lightning.evaluate checkpoint=outputs/train/x/checkpoints/last.ckpt sizes=[1,2,3,4] samples=8
+    python -m twist_lightning.evaluate checkpoint=last.ckpt data.source=local data.path=other.txt max_batches=10
+    python -m twist_lightning.evaluate grid=true checkpoints=[a.ckpt,b.ckpt] train_sizes=[2,4] out=grid.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from omegaconf import OmegaConf
+
+from twist_lightning.checkpoint import check_shape, load_checkpoint, load_gpt
+from twist_lightning.export import check_size
+from twist_lightning.model import GPT
+from twist_lightning.partition import Blueprint, PartitionSpec, importance_blueprint, random_blueprint, subnet
+from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
+from twist_lightning.vocab import CompactVocab
+
+__all__ = ["collect_batches", "evaluate_checkpoint", "evaluate_grid", "evaluate_subnets", "resolve_sizes",
+           "train_size_of"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+TABLE_COLUMNS = ["size", "heads", "ffn", "mean_ppl", "std_ppl", "min_ppl", "max_ppl", "importance_ppl", "full_ppl"]
+
+
+# ---- sizes and subnets --------------------------------------------------------------------------------------------
+def resolve_sizes(spec: PartitionSpec, sizes: Sequence[int | float] | None, key: str = "sizes") -> list[int | float]:
+    """Validate every size up front (a head count in 1..n_head or a fraction in (0, 1]); ``None`` = all counts."""
+    if sizes is None:
+        return list(range(1, spec.n_head + 1))
+    sizes = list(sizes)
+    if not sizes:
+        raise ValueError(f"{key}=[] is empty: list head counts in 1..{spec.n_head} (or fractions in (0, 1]).")
+    for i, s in enumerate(sizes):
+        check_size(spec, s, key=f"{key}[{i}]")
+    return sizes
+
+
+def _sample_seed(seed: int, heads: int, index: int) -> int:
+    # one independent, reproducible stream per (seed, size, sample); random_blueprint hashes it again
+    return (int(seed) * 1_000_003 + heads) * 10_007 + index
+
+
+def subnet_blueprints(model: GPT, spec: PartitionSpec, size: int | float, samples: int, seed: int,
+                      importance: bool = True) -> tuple[list[Blueprint], Blueprint | None]:
+    """``samples`` random blueprints of ``size`` and (with ``importance``) the importance-selected one."""
+    heads, _ = check_size(spec, size)
+    randoms = [random_blueprint(spec, size, _sample_seed(seed, heads, i)) for i in range(samples)]
+    return randoms, (importance_blueprint(model, spec, size) if importance else None)
+
+
+# ---- the evaluation loop ------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def _mean_nll(model: GPT, batches: Sequence[Batch]) -> float:
+    """Token-weighted mean cross-entropy of ``model`` (as it is currently set up) over ``batches``."""
+    total, count = 0.0, 0
+    for x, y in batches:
+        _, loss = model(x, y)
+        total += float(loss) * y.numel()  # GPT returns the mean over the batch's tokens
+        count += y.numel()
+    return total / count
+
+
+def _ppl(nll: float) -> float:
+    return math.exp(nll) if nll < 700 else math.inf
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    return {"mean_ppl": statistics.fmean(values), "std_ppl": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min_ppl": min(values), "max_ppl": max(values)}
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm import tqdm  # installed with lightning
+
+    return tqdm(total=total, desc=desc, disable=not enabled or rank_zero_only.rank != 0, leave=False)
+
+
+def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int | float] | None, samples: int,
+                     spec: PartitionSpec, seed: int = 0, importance: bool = True, scale: bool = True,
+                     progress: bool = False) -> dict[str, Any]:
+    """Held-out perplexity of the full model and of random / importance subnets at each size.
+
+    Every distinct blueprint is evaluated once (the size ``n_head`` subnet of every split layer is the full model,
+    so its samples cost nothing), masked inside ``model`` and under ``torch.inference_mode``.
+
+    Args:
+        model: The full-size GPT, on the device of ``batches``; it is put in eval mode.
+        batches: ``(x, y)`` token batches (re-iterated for every subnet, so a list is best).
+        sizes: Head counts (or fractions of ``n_head``) per split layer; ``None`` = ``1..n_head``.
+        samples: Random subnets per size (>= 1).
+        spec: Which layers are split (``spec.common`` stays whole).
+        seed: Seed of the random subnets (results are reproducible from it).
+        importance: Also evaluate the importance-selected subnet per size.
+        scale: Run subnets with TwIST's ``sqrt(N_full / N_sub)`` branch scaling (as trained).
+        progress: Show a tqdm bar on rank zero.
+
+    Returns:
+        ``{"full": {"loss", "ppl"}, "sizes": [{"size", "heads", "ffn", "fraction", "random_ppl": [...],
+        "mean_ppl", "std_ppl", "min_ppl", "max_ppl", "importance_ppl", "importance_blueprint"}], "samples",
+        "seed", "common", "scale", "tokens"}``.
+
+    Raises:
+        ValueError: A size outside ``1..n_head`` (before any evaluation), ``samples < 1`` or no batches.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples={samples!r} must be an int >= 1.")
+    spec.check_model(model)
+    sizes = resolve_sizes(spec, sizes)
+    batches = list(batches)
+    if not batches:
+        raise ValueError("no evaluation batches: the held-out split is empty or max_batches=0.")
+    if not spec.split_layers:
+        rank_zero_warn(f"common={list(spec.common)} keeps every layer of this {spec.n_layer}-layer model whole, so "
+                       "every subnet is the full model; use common=none (or fewer common layers).")
+    model.eval()
+    plan = [(size, *subnet_blueprints(model, spec, size, samples, seed, importance)) for size in sizes]
+    unique = {bp for _, randoms, imp in plan for bp in (*randoms, *([imp] if imp else []))} - {Blueprint.full(spec)}
+    nll: dict[Blueprint, float] = {}
+    with _progress(len(unique) + 1, progress, "subnets") as bar:
+        model.set_subnet(None)
+        full_nll = _mean_nll(model, batches)
+        bar.update()
+        for bp in sorted(unique, key=lambda b: (b.num_heads, str(b))):  # deterministic order
+            with subnet(model, bp, scale=scale):
+                nll[bp] = _mean_nll(model, batches)
+            bar.update()
+    nll[Blueprint.full(spec)] = full_nll
+    rows = []
+    for size, randoms, imp in plan:
+        heads, ffn = check_size(spec, size)
+        ppls = [_ppl(nll[bp]) for bp in randoms]
+        rows.append({"size": size, "heads": heads, "ffn": ffn, "fraction": heads / spec.n_head,
+                     "random_ppl": ppls, **_stats(ppls),
+                     "importance_ppl": _ppl(nll[imp]) if imp else None,
+                     "importance_blueprint": imp.to_dict() if imp else None})
+    return {"full": {"loss": full_nll, "ppl": _ppl(full_nll)}, "sizes": rows, "samples": samples, "seed": seed,
+            "common": list(spec.common), "scale": scale, "tokens": sum(y.numel() for _, y in batches)}
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+CORPUS_KEYS = ("source", "path", "hub_name", "hub_config")
+
+
+def build_datamodule(saved: dict[str, Any], overrides: dict[str, Any], model_vocab_size: int,
+                     vocab: CompactVocab | None, checkpoint: str = "<checkpoint>") -> tuple[Any, bool]:
+    """The held-out data: the checkpoint's own data settings with ``overrides`` on top.
+
+    Returns ``(datamodule after setup, remap)``: with ``remap`` the datamodule serves GPT-2 ids that must be mapped
+    through the checkpoint's ``vocab`` (a different corpus than the one the vocabulary was built from).
+
+    Raises:
+        ValueError: Neither the checkpoint nor ``overrides`` say which corpus to use.
+    """
+    from twist_lightning.data import TextDataModule
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not saved and "source" not in overrides:
+        raise ValueError(f"checkpoint={checkpoint!r} has no datamodule settings (datamodule_hyper_parameters), so the "
+                         "held-out data is unknown. Fix: pass data.source=bundled|local|hub (and data.path=... or "
+                         "data.hub_name=...).")
+    new_corpus = any(k in overrides and overrides[k] != saved.get(k) for k in CORPUS_KEYS)
+    hp = {**saved, **overrides}
+    # a compact vocabulary is built from the train split: on another corpus, tokenize with GPT-2 ids and remap
+    remap = vocab is not None and (new_corpus or not saved)
+    if vocab is None:
+        hp["vocab_size"] = None if model_vocab_size == GPT2_VOCAB_SIZE else model_vocab_size
+    else:
+        hp["vocab_size"] = None if remap else vocab.size
+    dm = TextDataModule(**hp)
+    dm.prepare_data()
+    dm.setup("validate")
+    if vocab is not None and not remap and dm.vocab != vocab:
+        raise ValueError(f"checkpoint={checkpoint!r}: the compact vocabulary rebuilt from its data differs from the "
+                         "saved one (the corpus changed?). Fix: pass data.path=... to the original corpus, or any "
+                         "other corpus with data.source/data.path (its tokens are then mapped through the saved "
+                         "vocabulary).")
+    return dm, remap
+
+
+def collect_batches(dm: Any, split: str, max_batches: int | None, batch_tokens: int, device: torch.device,
+                    vocab: CompactVocab | None = None) -> list[Batch]:
+    """The first ``max_batches`` loader batches of ``split``, re-cut into batches of about ``batch_tokens`` tokens.
+
+    Every subnet runs over the same tensors, so they are gathered once and moved to ``device`` once. ``batch_tokens``
+    bounds the ``(rows, T, vocab)`` logits a forward creates, which with GPT-2's vocabulary dominate memory.
+    """
+    if split not in ("val", "test"):
+        raise ValueError(f"split={split!r} must be 'val' or 'test' (held-out data).")
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    xs, ys = [], []
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        return []
+    x, y = torch.cat(xs), torch.cat(ys)  # (N, T) each
+    if vocab is not None:
+        x, y = vocab.encode(x), vocab.encode(y)
+    rows = max(1, batch_tokens // x.size(1))
+    return [(xb.to(device), yb.to(device)) for xb, yb in zip(x.split(rows), y.split(rows))]
+
+
+def pick_device(device: str) -> torch.device:
+    """``"auto"`` = the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ---- one checkpoint -----------------------------------------------------------------------------------------------
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int | float] | None = None,
+                        samples: int = 8, common: Any = "default", seed: int = 0, importance: bool = True,
+                        scale: bool = True, split: str = "val", max_batches: int | None = 20,
+                        batch_tokens: int = 4096, device: str = "auto", data: dict[str, Any] | None = None,
+                        progress: bool = True, expect: Any = None) -> dict[str, Any]:
+    """Load ``checkpoint``, rebuild its held-out data and run :func:`evaluate_subnets`; sizes are checked first."""
+    dev = pick_device(device)
+    model, vocab, saved = load_gpt(checkpoint, expect=expect)
+    spec = PartitionSpec.from_config(model.config, common=common)
+    sizes = resolve_sizes(spec, sizes)  # fail before tokenizing anything
+    dm, remap = build_datamodule(saved, data or {}, model.config.vocab_size, vocab, str(checkpoint))
+    batches = collect_batches(dm, split, max_batches, batch_tokens, dev, vocab if remap else None)
+    rank_zero_info(f"Evaluating {checkpoint}: sizes {sizes} x {samples} random subnets (+ importance) on "
+                   f"{sum(y.numel() for _, y in batches)} {split} tokens, device {dev}")
+    result = evaluate_subnets(model.to(dev), batches, sizes, samples, spec, seed, importance, scale, progress)
+    data_used = {k: v for k, v in dm.hparams.items()}
+    return {"checkpoint": str(checkpoint), "model": model.config.to_dict(), "data": data_used, "split": split,
+            "vocab_remapped": remap, "device": str(dev), **result}
+
+
+def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One console/CSV row per size."""
+    full = result["full"]["ppl"]
+    return [{**{k: r[k] for k in TABLE_COLUMNS if k in r}, "full_ppl": full} for r in result["sizes"]]
+
+
+def plot_boxes(result: dict[str, Any], path: Path) -> None:
+    """Box plot of random-subnet PPL per size, importance subnets as crosses, the full model as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["sizes"]
+    labels = [f"{r['heads']}/{result['model']['n_head']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2.5, 4))
+    ax.boxplot([r["random_ppl"] for r in rows], tick_labels=labels)
+    imp = [(i + 1, r["importance_ppl"]) for i, r in enumerate(rows) if r["importance_ppl"] is not None]
+    if imp:
+        ax.scatter(*zip(*imp), marker="x", color="tab:red", zorder=3, label="importance")
+    ax.axhline(result["full"]["ppl"], color="tab:green", linestyle="--", label="full model")
+    ax.set(xlabel="subnet size (heads = FFN groups per split layer)", ylabel=f"{result['split']} perplexity",
+           title=f"{Path(result['checkpoint']).name}: {result['samples']} random subnets per size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- the robustness grid ------------------------------------------------------------------------------------------
+def train_size_of(checkpoint: str | os.PathLike[str]) -> int | float | None:
+    """The subnet size a checkpoint was trained at (``None`` = dense, data-parallel), read from its run folder.
+
+    Looks at ``<run>/.hydra/config.yaml`` for ``<run>/checkpoints/X.ckpt`` (``twist.variant`` and ``twist.n_sub``).
+
+    Raises:
+        ValueError: No saved run config; pass ``train_sizes=[...]``.
+    """
+    ckpt_path = Path(checkpoint)
+    for cfg_path in (ckpt_path.parent.parent / ".hydra" / "config.yaml", ckpt_path.parent / ".hydra" / "config.yaml"):
+        if cfg_path.is_file():
+            twist = OmegaConf.load(cfg_path).get("twist") or {}
+            if str(twist.get("variant", "none")) == "none":
+                return None
+            return twist.get("n_sub")
+    raise ValueError(f"checkpoint={str(checkpoint)!r}: its training size is unknown (no .hydra/config.yaml in its run "
+                     "folder). Fix: pass train_sizes=[...] with one size per checkpoint (null = dense).")
+
+
+def evaluate_grid(checkpoints: Sequence[str], train_sizes: Sequence[int | float | None] | None = None,
+                  **kwargs: Any) -> dict[str, Any]:
+    """Evaluate every checkpoint (trained at size X) at every size Y; all must share one model shape.
+
+    ``kwargs`` go to :func:`evaluate_checkpoint`. Returns ``{"rows": [...], "results": [...]}`` with one row per
+    (checkpoint, eval size).
+    """
+    if not checkpoints:
+        raise ValueError("grid=true needs checkpoints=[a.ckpt,b.ckpt,...].")
+    if train_sizes is not None and len(train_sizes) != len(checkpoints):
+        raise ValueError(f"train_sizes has {len(train_sizes)} entries for {len(checkpoints)} checkpoints.")
+    first = load_checkpoint(checkpoints[0])
+    from twist_lightning.checkpoint import model_config
+
+    shape = model_config(first, checkpoints[0])
+    xs = list(train_sizes) if train_sizes is not None else [train_size_of(c) for c in checkpoints]  # fail early
+    spec = PartitionSpec.from_config(shape, common=kwargs.get("common", "default"))
+    for c in checkpoints[1:]:
+        check_shape(model_config(load_checkpoint(c), c), shape, c)
+    resolve_sizes(spec, kwargs.get("sizes"))
+    for i, x in enumerate(xs):
+        if x is not None:
+            check_size(spec, x, key=f"train_sizes[{i}]")
+    rows, results = [], []
+    for ckpt, x in zip(checkpoints, xs):
+        result = evaluate_checkpoint(ckpt, **kwargs)
+        results.append(result)
+        train_heads = spec.n_head if x is None else check_size(spec, x)[0]
+        for r in table_rows(result):
+            rows.append({"checkpoint": str(ckpt), "train_size": "dense" if x is None else train_heads, **r})
+    return {"rows": rows, "results": results, "n_head": spec.n_head}
+
+
+def plot_grid(grid: dict[str, Any], path: Path) -> None:
+    """Heatmap of mean random-subnet PPL: rows = training size (per checkpoint), columns = evaluation size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ckpts = list(dict.fromkeys(r["checkpoint"] for r in grid["rows"]))
+    cols = list(dict.fromkeys(r["heads"] for r in grid["rows"]))
+    table = {(r["checkpoint"], r["heads"]): r["mean_ppl"] for r in grid["rows"]}
+    train = {r["checkpoint"]: r["train_size"] for r in grid["rows"]}
+    values = [[table.get((c, h), math.nan) for h in cols] for c in ckpts]
+    fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 3, 0.7 * len(ckpts) + 2))
+    im = ax.imshow(values, cmap="viridis_r", aspect="auto")
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(cols)), [f"{h}/{grid['n_head']}" for h in cols])
+    ax.set_yticks(range(len(ckpts)), [f"X={train[c]} ({Path(c).parent.parent.name or Path(c).name})" for c in ckpts])
+    ax.set(xlabel="evaluated at size Y", ylabel="trained at size X", title="mean PPL of random subnets")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---- Hydra CLI ----------------------------------------------------------------------------------------------------
+@dataclass
+class EvalDataConfig:
+    """``TextDataModule`` overrides; ``None`` keeps the checkpoint's own setting."""
+
+    source: Optional[str] = None
+    path: Optional[str] = None
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    block_size: Optional[int] = None
+    batch_size: Optional[int] = None
+    val_fraction: Optional[float] = None
+    cache_dir: Optional[str] = None
+    num_workers: Optional[int] = None
+    num_proc: Optional[int] = None
+    seed: Optional[int] = None
+
+
+@dataclass
+class EvaluateConfig:
+    """``python -m twist_lightning.evaluate`` settings (conf/evaluate.yaml)."""
+
+    checkpoint: Optional[str] = None  # required unless grid=true
+    sizes: Optional[list[Any]] = None  # head counts or fractions; None = 1..n_head
+    samples: int = 8
+    importance: bool = True
+    common: Any = "default"
+    scale: bool = True
+    seed: int = 0
+    split: str = "val"
+    max_batches: Optional[int] = 20
+    batch_tokens: int = 4096
+    device: str = "auto"
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    out: Optional[str] = None  # eval.json (grid: the CSV); default: the Hydra run dir
+    plot: bool = True
+    progress: bool = True
+    grid: bool = False
+    checkpoints: list[str] = field(default_factory=list)
+    train_sizes: Optional[list[Any]] = None
+
+
+def register_configs() -> None:
+    """Store the ``base_evaluate`` schema in Hydra's ConfigStore (conf/evaluate.yaml extends it)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_evaluate", node=EvaluateConfig)
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+
+
+def run_from_config(cfg: Any) -> dict[str, Any]:
+    """Run the evaluation (or the grid) an :class:`EvaluateConfig` describes; write and print the results."""
+    c = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg.__dict__)
+    kwargs = {k: c[k] for k in ("sizes", "samples", "common", "seed", "importance", "scale", "split", "max_batches",
+                                "batch_tokens", "device", "progress")}
+    kwargs["data"] = c["data"] if isinstance(c["data"], dict) else dict(c["data"].__dict__)
+    if c["grid"]:
+        return _run_grid(c, kwargs)
+    if not c["checkpoint"]:
+        raise ValueError("checkpoint=PATH is required (or grid=true checkpoints=[...]).")
+    result = evaluate_checkpoint(c["checkpoint"], **kwargs)
+    out = Path(c["out"]) if c["out"] else _run_dir() / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if c["plot"]:
+        plot_boxes(result, out.with_suffix(".png"))
+    _print_table(table_rows(result), TABLE_COLUMNS, f"{result['split']} PPL, {result['tokens']} tokens -> {out}")
+    return result
+
+
+def _run_grid(c: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    grid = evaluate_grid(c["checkpoints"], c["train_sizes"], **kwargs)
+    out = Path(c["out"]) if c["out"] else _run_dir() / "grid.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(grid["rows"], out)
+    out.with_suffix(".json").write_text(json.dumps(grid, indent=2) + "\n")
+    if c["plot"]:
+        plot_grid(grid, out.with_suffix(".png"))
+    _print_table(grid["rows"], ["train_size", *TABLE_COLUMNS], f"robustness grid -> {out}")
+    return grid
+
+
+@rank_zero_only
+def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    from twist_lightning.bench.common import format_table
+
+    print(f"\n{title}\n{format_table(rows, columns)}")  # noqa: T201 - the CLI's console output
+
+
+def _main() -> None:
+    import hydra
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+    def main(cfg: Any) -> None:
+        run_from_config(cfg)
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()
