@@ -12,6 +12,7 @@ import sys
 #: Benchmark name -> module implementing ``main(argv)``.
 BENCHES: dict[str, str] = {
     "subnet": "twist_lightning.bench.subnet",
+    "strategy": "twist_lightning.bench.strategy",
     "inference": "twist_lightning.bench.inference",
 }
 

@@ -1,0 +1,305 @@
+"""Benchmark: Lightning DDP against TwIST masked / true / hybrid, two CPU processes (spawn, gloo), one run.
+
+``python -m twist_lightning.bench strategy --out FILE`` trains each strategy for a few steps on synthetic tokens,
+on the GPT-2 124M shape (12 layers, 12 heads, 768 wide, vocab 50257; sequences of 128 tokens, batch 1 per rank)
+and on the CPU preset (4 layers, 4 heads, 128 wide, vocab 4096, context 128, batch 16 per rank). TwIST rows split
+every layer (C = none), hold n_sub = 0.5 of the units (6/12 heads and FFN groups on the 124M shape), sync every 15
+steps; a TwIST true row with the default C (first and last layer whole) is reported beside them.
+
+Every figure is measured inside the ranks by a callback and written to a per-rank file:
+
+* ``step_s``: median of ``on_train_batch_start -> on_train_batch_end`` (forward, backward -- DDP's all-reduce
+  included -- and the optimizer step) over the steps after ``--warmup``; the slower rank's median.
+  ``sync_s`` is the median time of TwIST's ``sync()`` (its end-of-training sync included), and
+  ``step_amortized_s = step_s + sync_s / sync_every``: the figure the time target uses.
+* ``bytes_per_step``: payload bytes a rank hands to collectives (``strategy.counter``). DDP: counted by the
+  counting all-reduce comm hook (:mod:`twist_lightning.comm`), total / steps. TwIST: measured bytes per sync
+  (total / syncs, the final partial sync at train end included) / ``sync_every``, the steady-state rate; it equals
+  total / steps when steps is a multiple of ``sync_every`` (the CPU preset's 30 steps). On the 124M shape a run
+  of a few steps syncs once (at train end), so its bytes/step is that measured per-sync payload / 15.
+* ``train_state_bytes``: the rank's peak over steps of parameters + gradients + optimizer state tensors it trains
+  with (``numel * element_size`` of the optimizer's params, their ``.grad`` and ``optimizer.state``). TwIST's
+  host-side central model (``strategy.central``) is reported separately as ``central_bytes``, and its index
+  bookkeeping (the int64 flat indices of every worker's held elements) as ``index_bytes``. Not counted for DDP:
+  its gradient bucket buffers (one more gradient-sized copy unless ``gradient_as_bucket_view=True``).
+
+Both ranks share the machine's cores (1 torch thread each on 2 cores) and the machine may be shared with other
+work, so times are noisy: rows run one after another per pass, and ``--repeats`` passes are interleaved (the
+median over passes is reported). The 2 ranks are spawned once per preset (``torch.multiprocessing.spawn``) and
+run every strategy in turn as torchrun-style workers, so start-up (10-30 s a launch here) is paid once.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from twist_lightning.bench.common import base_parser, format_report, make_report, target, write_report
+from twist_lightning.comm import CountingDDPStrategy
+from twist_lightning.model import GPTConfig
+from twist_lightning.module import TwISTLitModule
+from twist_lightning.strategy import TwISTStrategy
+
+#: Shapes: model preset (+ overrides), tokens per sequence, sequences per rank, steps, untimed steps, passes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(model="gpt2", seq_len=128, batch=1, steps=4, warmup=1, repeats=1),
+    "cpu": dict(model="cpu", seq_len=128, batch=16, steps=30, warmup=3, repeats=2),
+    "tiny": dict(model="tiny", seq_len=32, batch=4, steps=6, warmup=1, repeats=1),
+}
+#: (label, TwIST variant or None for DDP, common set).
+ROWS: list[tuple[str, str | None, str | None]] = [
+    ("ddp", None, None),
+    ("masked C=none", "masked", "none"),
+    ("true C=none", "true", "none"),
+    ("hybrid C=none", "hybrid", "none"),
+    ("true C=first+last", "true", "default"),
+]
+COLUMNS = ["name", "step_s", "sync_s", "step_amortized_s", "time_ratio", "bytes_per_step", "comm_ratio",
+           "train_state_MB", "state_ratio", "central_MB", "index_MB"]
+WORLD = 2
+MB = 2**20
+
+
+class TimedTwISTStrategy(TwISTStrategy):
+    """``TwISTStrategy`` that also records how long each ``sync()`` takes (in ``sync_times``)."""
+
+    def sync(self) -> None:
+        start = time.perf_counter()
+        super().sync()
+        self.__dict__.setdefault("sync_times", []).append(time.perf_counter() - start)
+
+
+def _tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if torch.is_tensor(t) and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def training_state(trainer: L.Trainer) -> dict[str, int]:
+    """Bytes of the parameters the rank's optimizers train, their gradients and the optimizers' state tensors."""
+    optimizers = trainer.strategy.optimizers
+    params = list({id(p): p for opt in optimizers for g in opt.param_groups for p in g["params"]}.values())
+    moments = [v for opt in optimizers for s in opt.state.values() for v in s.values()]
+    out = {"params": _tensor_bytes(params), "grads": _tensor_bytes(p.grad for p in params),
+           "optimizer": _tensor_bytes(moments)}
+    out["total"] = sum(out.values())
+    return out
+
+
+class RankProbe(L.Callback):
+    """Times every training step, tracks peak training state, and writes this rank's figures after fit."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.times: list[float] = []
+        self.peak: dict[str, int] = {"total": -1}
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter() - self._start)
+        state = training_state(trainer)
+        if state["total"] > self.peak["total"]:
+            self.peak = state
+
+    def on_fit_end(self, trainer, pl_module) -> None:  # after TwIST's final sync in strategy.on_train_end
+        s = trainer.strategy
+        central = getattr(s, "central", None)
+        indices = list(getattr(s, "all_indices", None) or []) + [w.index for w in getattr(s, "workers", [])]
+        record = {
+            "rank": trainer.global_rank, "steps": trainer.global_step, "threads": torch.get_num_threads(),
+            "times_s": self.times, "state": self.peak,
+            "bytes": s.counter.bytes, "calls": s.counter.calls,
+            "central_bytes": 0 if central is None else central.numel() * central.element_size(),
+            "index_bytes": _tensor_bytes(indices),
+            "sync_times_s": getattr(s, "sync_times", []),
+        }
+        Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _job(config: GPTConfig, variant: str | None, common: str | None, *, seq_len: int, batch: int, steps: int,
+         sync_every: int, n_sub: float, seed: int, folder: str, timeout_s: int) -> None:
+    """Train one strategy in this (already launched) rank; the probe writes the rank's record into ``folder``."""
+    torch.manual_seed(seed)
+    module = TwISTLitModule(config, lr=1e-3, warmup_steps=0, decay_steps=max(steps, 1))
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, config.vocab_size, (WORLD * batch * steps, seq_len + 1), generator=g)
+    loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=batch)
+    timeout = timedelta(seconds=timeout_s)
+    if variant is None:
+        strategy = CountingDDPStrategy(timeout=timeout)
+    else:
+        strategy = TimedTwISTStrategy(variant=variant, common=common, n_sub=n_sub, sync_every=sync_every,
+                                      seed=seed, timeout=timeout)
+    trainer = L.Trainer(accelerator="cpu", devices=WORLD, strategy=strategy, max_steps=steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[RankProbe(folder)])
+    trainer.fit(module, loader)
+    del trainer, strategy, module
+    gc.collect()  # the next job's model must not sit beside this one's (124M: GBs a rank)
+
+
+def _rank_main(rank: int, port: int, jobs: list[dict[str, Any]], threads: int) -> None:
+    """One of the ``WORLD`` spawned ranks: look like a torchrun worker to Lightning and run every job in turn.
+
+    One launch serves all strategies and passes of a preset (a spawn costs ~10-30 s of start-up here); the process
+    group is created by the first Trainer and reused by the next ones (Lightning skips an initialised group).
+    """
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), GROUP_RANK="0", NODE_RANK="0",
+                      TORCHELASTIC_RUN_ID="twist-bench-strategy")
+    torch.set_num_threads(threads)
+    for job in jobs:
+        _job(**job)
+
+
+def run_jobs(jobs: list[dict[str, Any]]) -> None:
+    """Spawn ``WORLD`` CPU ranks (gloo) that run ``jobs`` in order."""
+    threads = max(1, (os.cpu_count() or WORLD) // WORLD)
+    torch.multiprocessing.spawn(_rank_main, args=(_free_port(), jobs, threads), nprocs=WORLD, join=True)
+
+
+def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]], warmup: int,
+         sync_every: int) -> dict[str, Any]:
+    """Aggregate the rank records of every pass of one strategy into a report row."""
+    last = passes[-1]
+    step_medians = [max(statistics.median(r["times_s"][warmup:] or r["times_s"]) for r in ranks) for ranks in passes]
+    syncs = [t for ranks in passes for r in ranks for t in r["sync_times_s"]]
+    step_s = statistics.median(step_medians)
+    sync_s = statistics.median(syncs) if syncs else 0.0
+    r0, steps = last[0], last[0]["steps"]
+    if variant is None:  # DDP: every step all-reduces every gradient
+        per_sync = r0["bytes"] / max(steps, 1)
+        per_step = per_sync
+    else:
+        per_sync = r0["bytes"] / max(r0["calls"], 1)
+        per_step = per_sync / sync_every
+    state_rank = max(last, key=lambda r: r["state"]["total"])
+    return {
+        "name": f"{preset} {label}", "preset": preset, "strategy": "ddp" if variant is None else f"twist-{variant}",
+        "steps": steps, "step_s": step_s, "step_s_per_pass": step_medians, "sync_s": sync_s,
+        "step_amortized_s": step_s + (sync_s / sync_every if variant else 0.0),
+        "bytes_total": r0["bytes"], "collective_calls": r0["calls"], "bytes_per_sync": per_sync,
+        "bytes_per_step": per_step, "bytes_per_step_measured": r0["bytes"] / max(steps, 1),
+        "train_state_bytes": state_rank["state"]["total"], "param_bytes": state_rank["state"]["params"],
+        "grad_bytes": state_rank["state"]["grads"], "optimizer_bytes": state_rank["state"]["optimizer"],
+        "train_state_MB": state_rank["state"]["total"] / MB,
+        "central_bytes": max(r["central_bytes"] for r in last), "central_MB": max(r["central_bytes"] for r in last) / MB,
+        "index_bytes": max(r["index_bytes"] for r in last), "index_MB": max(r["index_bytes"] for r in last) / MB,
+        "per_rank": [{"rank": r["rank"], "threads": r["threads"], "step_median_s":
+                      statistics.median(r["times_s"][warmup:] or r["times_s"]), "times_s": r["times_s"],
+                      "sync_times_s": r["sync_times_s"], "state": r["state"], "bytes": r["bytes"],
+                      "calls": r["calls"]} for r in last],
+    }
+
+
+def run(presets: list[str], steps: int | None = None, warmup: int | None = None, repeats: int | None = None,
+        sync_every: int = 15, n_sub: float = 0.5, seed: int = 0, timeout_s: int = 600) -> dict[str, Any]:
+    """Run every row of every preset and return the report (see :mod:`twist_lightning.bench.common`)."""
+    rows: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    for preset in presets:
+        p = {**PRESETS[preset]}
+        p.update({k: v for k, v in (("steps", steps), ("warmup", warmup), ("repeats", repeats)) if v is not None})
+        cfg = GPTConfig.from_preset(p["model"], dropout=0.0)
+        seq_len = min(p["seq_len"], cfg.block_size)
+        settings[preset] = {"model": cfg.to_dict(), "seq_len": seq_len, "batch_per_rank": p["batch"],
+                            "steps": p["steps"], "warmup": p["warmup"], "repeats": p["repeats"]}
+        records: dict[str, list[list[dict]]] = {label: [] for label, _, _ in ROWS}
+        with tempfile.TemporaryDirectory(prefix="twist-bench-") as tmp:
+            jobs = []
+            for i in range(p["repeats"]):  # passes interleaved: load changes hit every strategy alike
+                for j, (label, variant, common) in enumerate(ROWS):
+                    folder = Path(tmp, f"pass{i}-row{j}")
+                    folder.mkdir()
+                    jobs.append(dict(config=cfg, variant=variant, common=common, seq_len=seq_len, batch=p["batch"],
+                                     steps=p["steps"], sync_every=sync_every, n_sub=n_sub, seed=seed,
+                                     folder=str(folder), timeout_s=timeout_s))
+            run_jobs(jobs)
+            for i in range(p["repeats"]):
+                for j, (label, _, _) in enumerate(ROWS):
+                    records[label].append([json.loads(Path(tmp, f"pass{i}-row{j}", f"rank{r}.json").read_text())
+                                           for r in range(WORLD)])
+        preset_rows = [_row(preset, label, variant, records[label], p["warmup"], sync_every)
+                       for label, variant, _ in ROWS]
+        ddp = preset_rows[0]
+        for row in preset_rows:
+            row["time_ratio"] = row["step_amortized_s"] / ddp["step_amortized_s"]
+            row["comm_ratio"] = row["bytes_per_step"] / ddp["bytes_per_step"]
+            row["state_ratio"] = row["train_state_bytes"] / ddp["train_state_bytes"]
+        rows.extend(preset_rows)
+    return make_report("strategy", _config(presets, settings, sync_every, n_sub, seed), rows, _targets(presets, rows))
+
+
+def _targets(presets: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for preset in presets:
+        twist = [r for r in rows if r["preset"] == preset and r["strategy"] != "ddp" and r["name"].endswith("C=none")]
+        worst = max(twist, key=lambda r: r["comm_ratio"])
+        out.append(target(f"{preset}: TwIST bytes/step (C=none, worst variant: {worst['name']}) / DDP's",
+                          worst["comm_ratio"], "<= 0.1", worst["comm_ratio"] <= 0.1))
+    main = "gpt2" if "gpt2" in presets else presets[0]
+    true = next(r for r in rows if r["name"] == f"{main} true C=none")
+    out.append(target(f"{main}: TwIST true step time (amortized, sync included) / DDP's", true["time_ratio"],
+                      "<= 0.7", true["time_ratio"] <= 0.7))
+    out.append(target(f"{main}: TwIST true worker training state / DDP rank's", true["state_ratio"], "<= 0.7",
+                      true["state_ratio"] <= 0.7))
+    return out
+
+
+def _config(presets, settings, sync_every, n_sub, seed) -> dict[str, Any]:
+    return {
+        "presets": settings, "world_size": WORLD, "backend": "gloo", "accelerator": "cpu",
+        "launcher": "torch.multiprocessing.spawn, once per preset; each rank runs every strategy in turn as a "
+                    "torchrun-style worker (Lightning's TorchElasticEnvironment)",
+        "sync_every": sync_every, "n_sub": n_sub, "partitioned": "all", "seed": seed, "optimizer": "adamw",
+        "dtype": "float32",
+        "note": (f"{WORLD} ranks share this machine's {os.cpu_count()} cores (threads per rank in rows[].per_rank); "
+                 "bytes are payload handed to collectives, not wire traffic; TwIST bytes/step = measured bytes per "
+                 "sync / sync_every; times are medians after warm-up on a possibly shared machine; DDP's gradient "
+                 "bucket buffers are not in its training state."),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI entry: parse ``argv``, run, print the table, write ``--out``; return the report."""
+    parser = base_parser("strategy", __doc__.splitlines()[0])
+    parser.add_argument("--preset", default="gpt2,cpu",
+                        help=f"comma-separated shapes among {sorted(PRESETS)} (tiny for smoke tests)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: per preset)")
+    parser.add_argument("--sync-every", type=int, default=15)
+    parser.add_argument("--n-sub", type=float, default=0.5)
+    parser.set_defaults(warmup=None, repeats=None)  # per preset unless given
+    args = parser.parse_args(argv)
+    presets = [p.strip() for p in args.preset.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown or not presets:
+        parser.error(f"--preset {args.preset!r}: choose among {sorted(PRESETS)}")
+    report = run(presets, steps=args.steps, warmup=args.warmup, repeats=args.repeats, sync_every=args.sync_every,
+                 n_sub=args.n_sub, seed=args.seed)
+    print(format_report(report, COLUMNS))
+    write_report(report, args.out)
+    return report
