@@ -1,0 +1,131 @@
+"""Subnet evaluation: the Python API, the Hydra CLI on a real checkpoint, the robustness grid and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from test_checkpoint import fit_tiny_checkpoint
+from twist_lightning.evaluate import evaluate_subnets, register_configs, run_from_config, train_size_of
+from twist_lightning.model import GPT, GPTConfig
+from twist_lightning.partition import PartitionSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_tiny_checkpoint(tmp_path_factory.mktemp("eval-ckpt"))
+
+
+def compose_eval(*overrides: str):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("evaluate", overrides=["progress=false", *overrides])
+
+
+def test_evaluate_subnets_api() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=64))
+    spec = PartitionSpec.from_config(model.config, common="default")  # only layer 1 is split
+    x = torch.randint(0, 64, (3, 16))
+    batches = [(x, torch.roll(x, -1, dims=1))]
+    res = evaluate_subnets(model, batches, [1, 0.5, 4], samples=3, spec=spec, seed=0)
+    assert [r["heads"] for r in res["sizes"]] == [1, 2, 4] and res["tokens"] == 48 and res["common"] == [0, 2]
+    assert all(len(r["random_ppl"]) == 3 and r["importance_ppl"] > 0 for r in res["sizes"])
+    full = res["sizes"][-1]  # size n_head is the full model: identical samples, no spread
+    assert full["std_ppl"] == 0 and full["mean_ppl"] == pytest.approx(res["full"]["ppl"])
+    assert res["full"]["ppl"] == pytest.approx(math.exp(res["full"]["loss"]))
+    again = evaluate_subnets(model, batches, [1], samples=3, spec=spec, seed=0, importance=False)
+    assert again["sizes"][0]["random_ppl"] == res["sizes"][0]["random_ppl"]  # reproducible from the seed
+    assert again["sizes"][0]["importance_ppl"] is None
+
+    class Exploding(list):
+        def __iter__(self):
+            raise AssertionError("data touched before the sizes were checked")
+
+    for bad in ([0], [5], [1.5], []):
+        with pytest.raises(ValueError, match=r"sizes"):
+            evaluate_subnets(model, Exploding(), bad, samples=2, spec=spec)
+    with pytest.raises(ValueError, match="samples=0"):
+        evaluate_subnets(model, batches, [1], samples=0, spec=spec)
+
+
+def test_cli_compose_writes_json_and_plot(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "res" / "eval.json"
+    cfg = compose_eval(f"checkpoint={ckpt}", "sizes=[1,2,3,4]", "samples=3", "common=none", "max_batches=2",
+                       f"out={out}")
+    result = run_from_config(cfg)
+    saved = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert {"checkpoint", "model", "data", "split", "full", "sizes", "samples", "seed", "tokens"} <= set(saved)
+    assert [r["heads"] for r in saved["sizes"]] == [1, 2, 3, 4] and saved["split"] == "val"
+    assert {"random_ppl", "mean_ppl", "std_ppl", "min_ppl", "max_ppl", "importance_ppl"} <= set(saved["sizes"][0])
+    assert saved["full"]["ppl"] == pytest.approx(result["full"]["ppl"]) and not saved["vocab_remapped"]
+    assert saved["sizes"][0]["mean_ppl"] >= saved["sizes"][-1]["mean_ppl"] * 0.9  # sanity, not a claim
+
+
+def test_other_corpus_is_remapped_through_the_saved_vocab(ckpt: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.txt"
+    other.write_text("To be, or not to be, that is the question.\n" * 200)
+    cfg = compose_eval(f"checkpoint={ckpt}", "sizes=[2]", "samples=1", "common=none", "data.source=local",
+                       f"data.path={other}", f"data.cache_dir={tmp_path / 'cache'}", f"out={tmp_path / 'o.json'}",
+                       "plot=false")
+    result = run_from_config(cfg)
+    assert result["vocab_remapped"] and result["data"]["path"] == str(other)
+
+
+def test_checkpoint_without_data_settings_needs_data_overrides(ckpt: Path, tmp_path: Path) -> None:
+    raw = torch.load(ckpt, weights_only=True)
+    del raw["datamodule_hyper_parameters"]
+    bare = tmp_path / "bare.ckpt"
+    torch.save(raw, bare)
+    with pytest.raises(ValueError, match="has no datamodule settings.*data.source"):
+        run_from_config(compose_eval(f"checkpoint={bare}", "sizes=[1]", "samples=1", f"out={tmp_path / 'x.json'}"))
+    with pytest.raises(ValueError, match=r"sizes\[0\]=9 is out of range"):
+        run_from_config(compose_eval(f"checkpoint={ckpt}", "sizes=[9]", f"out={tmp_path / 'y.json'}"))
+    with pytest.raises(FileNotFoundError, match="checkpoint="):
+        run_from_config(compose_eval(f"checkpoint={tmp_path / 'nope.ckpt'}"))
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
+
+
+def test_grid_csv_and_heatmap(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid.csv"
+    cfg = compose_eval("grid=true", f"checkpoints=[{ckpt},{ckpt}]", "train_sizes=[2,null]", "sizes=[1,2]",
+                       "samples=2", "common=none", "max_batches=1", f"out={out}")
+    run_from_config(cfg)
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["train_size"], r["heads"]) for r in rows] == [("2", "1"), ("2", "2"), ("dense", "1"), ("dense", "2")]
+    assert out.with_suffix(".png").stat().st_size > 0 and json.loads(out.with_suffix(".json").read_text())["rows"]
+    with pytest.raises(ValueError, match="training size is unknown"):
+        run_from_config(compose_eval("grid=true", f"checkpoints=[{ckpt}]", f"out={out}"))
+
+
+def test_train_size_from_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("twist:\n  variant: masked\n  n_sub: 0.5\n")
+    assert train_size_of(tmp_path / "checkpoints" / "last.ckpt") == 0.5
+    (tmp_path / ".hydra" / "config.yaml").write_text("twist:\n  variant: none\n  n_sub: 0.5\n")
+    assert train_size_of(tmp_path / "checkpoints" / "last.ckpt") is None
+
+
+def test_cli_subprocess(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli" / "eval.json"
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "twist_lightning.evaluate", f"checkpoint={ckpt}", "sizes=[2]", "samples=1",
+         "common=none", "max_batches=1", "progress=false", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["sizes"][0]["heads"] == 2 and "mean_ppl" in proc.stdout

@@ -1,0 +1,124 @@
+"""Exported subnets: same logits as the masked subnet, standalone reload, HF GPT-2 folder, CLI and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from test_checkpoint import fit_tiny_checkpoint
+from twist_lightning.export import (export_from_config, export_hf, export_subnet, load_exported, load_exported_vocab,
+                                    register_configs, select_blueprint, to_hf)
+from twist_lightning.model import GPT, GPTConfig
+from twist_lightning.partition import Blueprint, PartitionSpec, subnet
+from twist_lightning.vocab import CompactVocab
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=64)).eval()
+    with torch.no_grad():  # non-zero biases so a dropped bias or a missed scale would show
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return m
+
+
+def masked_logits(model: GPT, bp: Blueprint, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), subnet(model, bp):
+        return model(idx)[0]
+
+
+@pytest.mark.parametrize("common", ["none", "default"])
+@pytest.mark.parametrize("selector,size", [("random", 1), ("random", 0.5), ("importance", 3)])
+def test_export_matches_masked_subnet(model: GPT, tmp_path: Path, common: str, selector: str, size) -> None:
+    spec = PartitionSpec.from_config(model.config, common=common)
+    bp = select_blueprint(model, spec, selector, size, seed=3)
+    idx = torch.randint(0, 64, (2, 16))
+    vocab = CompactVocab(list(range(63)))
+    sub = export_subnet(model, bp, tmp_path, vocab=vocab, metadata={"selector": selector})
+    loaded = load_exported(tmp_path)
+    ref = masked_logits(model, bp, idx)
+    with torch.no_grad():
+        torch.testing.assert_close(sub(idx)[0], ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded(idx)[0], ref, atol=1e-5, rtol=1e-5)
+    assert not loaded.training and loaded.lm_head.weight is loaded.transformer.wte.weight  # tie restored
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert Blueprint.from_dict(cfg["extra"]["blueprint"]) == bp and cfg["extra"]["export"]["selector"] == selector
+    assert load_exported_vocab(tmp_path) == vocab
+    assert loaded.num_params() < model.num_params()
+
+
+def test_explicit_blueprint_file(model: GPT, tmp_path: Path) -> None:
+    spec = PartitionSpec.from_config(model.config, common="none")
+    bp = Blueprint(heads=((0, 1), (2,), (0, 1, 3)), ffn=((1,), (0, 3), (2,)), n_head=4, ffn_groups=4)
+    (tmp_path / "bp.json").write_text(bp.to_json())
+    assert select_blueprint(model, spec, "explicit", blueprint=tmp_path / "bp.json") == bp
+    export_subnet(model, bp, tmp_path / "e")  # no vocab -> no vocab.json
+    assert load_exported_vocab(tmp_path / "e") is None
+    idx = torch.randint(0, 64, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(tmp_path / "e")(idx)[0], masked_logits(model, bp, idx), atol=1e-5,
+                                   rtol=1e-5)
+
+
+@pytest.mark.parametrize("common", ["none", "default"])
+def test_hf_export_same_logits(model: GPT, tmp_path: Path, common: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    spec = PartitionSpec.from_config(model.config, common=common)
+    bp = select_blueprint(model, spec, "random", 2, seed=1)
+    sub = export_subnet(model, bp, tmp_path)
+    export_hf(sub, tmp_path / "hf")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()  # a local folder: no download
+    idx = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, masked_logits(model, bp, idx), atol=1e-5, rtol=1e-5)
+    # C=none: every layer has the same FFN width, so the HF model's FFN really is narrower
+    width = hf.transformer.h[1].mlp.c_fc.weight.shape[1]
+    assert width == (64 if common == "none" else 128)
+    assert to_hf(sub).config.twist_blueprint == bp.to_dict()
+
+
+def test_selection_errors(model: GPT, tmp_path: Path) -> None:
+    spec = PartitionSpec.from_config(model.config, common="none")
+    for size in (0, 5, 1.5, -0.5):
+        with pytest.raises(ValueError, match=rf"size={size!r} is out of range .*1\.\.4"):
+            select_blueprint(model, spec, "random", size)
+    with pytest.raises(ValueError, match="needs size="):
+        select_blueprint(model, spec, "random", None)
+    with pytest.raises(ValueError, match="selector='best' is not one of"):
+        select_blueprint(model, spec, "best", 2)
+    with pytest.raises(ValueError, match="needs blueprint="):
+        select_blueprint(model, spec, "explicit")
+    with pytest.raises(FileNotFoundError, match="blueprint="):
+        select_blueprint(model, spec, "explicit", blueprint=tmp_path / "missing.json")
+    wrong = Blueprint(heads=((0,),) * 2, ffn=((0,),) * 2, n_head=4, ffn_groups=4)  # 2 layers, model has 3
+    with pytest.raises(ValueError, match="does not match the model"):
+        select_blueprint(model, spec, "explicit", blueprint=wrong)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_exported(tmp_path)
+
+
+def test_export_cli_compose(tmp_path: Path) -> None:
+    ckpt = fit_tiny_checkpoint(tmp_path)
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("export", overrides=[f"checkpoint={ckpt}", "size=2", "selector=importance", "common=none",
+                                           f"out={tmp_path / 'out'}"])
+        summary = export_from_config(cfg)
+        bad = compose("export", overrides=[f"checkpoint={ckpt}", "size=7", f"out={tmp_path / 'bad'}"])
+        missing = compose("export", overrides=[f"checkpoint={tmp_path / 'none.ckpt'}", "size=1", "out=x"])
+    assert summary["param_ratio"] < 1.0
+    sub = load_exported(tmp_path / "out")
+    assert sub.config.layer_heads == [2, 2, 2] and load_exported_vocab(tmp_path / "out").size == 256
+    with pytest.raises(ValueError, match=r"size=7 is out of range"):
+        export_from_config(bad)
+    assert not (tmp_path / "bad").exists()  # failed before writing anything
+    with pytest.raises(FileNotFoundError, match="checkpoint="):
+        export_from_config(missing)
