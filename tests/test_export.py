@@ -106,7 +106,7 @@ def test_selection_errors(model: GPT, tmp_path: Path) -> None:
 
 
 def test_export_cli_compose(tmp_path: Path) -> None:
-    ckpt = fit_tiny_checkpoint(tmp_path)
+    ckpt = fit_tiny_checkpoint(tmp_path)  # a real 3-step Lightning checkpoint with a compact vocabulary
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("export", overrides=[f"checkpoint={ckpt}", "size=2", "selector=importance", "common=none",
@@ -122,3 +122,20 @@ def test_export_cli_compose(tmp_path: Path) -> None:
     assert not (tmp_path / "bad").exists()  # failed before writing anything
     with pytest.raises(FileNotFoundError, match="checkpoint="):
         export_from_config(missing)
+
+
+def test_inference_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from twist_lightning.bench.__main__ import BENCHES, main
+
+    out = tmp_path / "inference.json"
+    argv = ["inference", "--preset", "tiny", "--out", str(out), "--warmup", "0", "--repeats", "1",
+            "--latency-repeats", "1"]
+    assert "inference" in BENCHES and main(argv) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"bench", "machine", "config", "rows", "targets"} and report["bench"] == "inference"
+    assert [r["name"] for r in report["rows"]] == ["dense", "3/4", "2/4", "1/4"]
+    assert report["config"]["batch"] == 8 and report["config"]["seq_len"] == 32  # capped at the tiny block_size
+    ratios = [r["flop_ratio"] for r in report["rows"]]
+    assert ratios[0] == 1.0 and ratios == sorted(ratios, reverse=True)
+    assert all(r["throughput_tok_s"] > 0 and r["latency_ms"] > 0 for r in report["rows"])
+    assert report["targets"][0]["name"].startswith("2/4 batch-8 speedup") and "dense" in capsys.readouterr().out

@@ -175,7 +175,7 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
 CORPUS_KEYS = ("source", "path", "hub_name", "hub_config")
 
 
-def build_datamodule(saved: dict[str, Any], overrides: dict[str, Any], model_vocab_size: int,
+def build_datamodule(saved: dict[str, Any], overrides: dict[str, Any], model_vocab_size: int, model_block_size: int,
                      vocab: CompactVocab | None, checkpoint: str = "<checkpoint>") -> tuple[Any, bool]:
     """The held-out data: the checkpoint's own data settings with ``overrides`` on top.
 
@@ -194,6 +194,10 @@ def build_datamodule(saved: dict[str, Any], overrides: dict[str, Any], model_voc
                          "data.hub_name=...).")
     new_corpus = any(k in overrides and overrides[k] != saved.get(k) for k in CORPUS_KEYS)
     hp = {**saved, **overrides}
+    hp.setdefault("block_size", model_block_size)
+    if hp["block_size"] > model_block_size:
+        raise ValueError(f"data.block_size={hp['block_size']} exceeds the model's block_size={model_block_size}; "
+                         f"use data.block_size<={model_block_size}.")
     # a compact vocabulary is built from the train split: on another corpus, tokenize with GPT-2 ids and remap
     remap = vocab is not None and (new_corpus or not saved)
     if vocab is None:
@@ -254,7 +258,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
     model, vocab, saved = load_gpt(checkpoint, expect=expect)
     spec = PartitionSpec.from_config(model.config, common=common)
     sizes = resolve_sizes(spec, sizes)  # fail before tokenizing anything
-    dm, remap = build_datamodule(saved, data or {}, model.config.vocab_size, vocab, str(checkpoint))
+    dm, remap = build_datamodule(saved, data or {}, model.config.vocab_size, model.config.block_size, vocab,
+                                  str(checkpoint))
     batches = collect_batches(dm, split, max_batches, batch_tokens, dev, vocab if remap else None)
     rank_zero_info(f"Evaluating {checkpoint}: sizes {sizes} x {samples} random subnets (+ importance) on "
                    f"{sum(y.numel() for _, y in batches)} {split} tokens, device {dev}")

@@ -202,6 +202,9 @@ def to_hf(sub: GPT, vocab: CompactVocab | None = None) -> Any:
         from transformers import GPT2LMHeadModel
     except ImportError as err:
         raise ImportError("hf=true needs transformers: pip install -e '.[hf]'") from err
+    if "blueprint" not in sub.config.extra:
+        raise ValueError("to_hf needs a subnet made by partition.extract / export_subnet (config.extra['blueprint'] "
+                         "tells which head slots the kept heads go back to).")
     cfg, bp = sub.config, Blueprint.from_dict(sub.config.extra["blueprint"])
     n_inner = max(cfg.ffn_units(i) for i in range(cfg.n_layer)) * cfg.ffn_unit_width
     hf = GPT2LMHeadModel(_hf_config(sub, n_inner, vocab)).eval()
