@@ -27,8 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from twist_lightning.callbacks import SubnetResampling
 from twist_lightning.config import register_configs
 from twist_lightning.data import TextDataModule
+from twist_lightning.evaluate import evaluate_subnets
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
+from twist_lightning.partition import PartitionSpec
 from twist_lightning.strategy import TwISTStrategy
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
 
@@ -114,6 +116,25 @@ def summarize(trainer: L.Trainer, dm: TextDataModule, metrics: dict[str, float],
     }
 
 
+def subnet_summary(cfg: DictConfig, model: GPT, dm: TextDataModule, limit: Any) -> dict[str, Any]:
+    """Held-out PPL of random subnets at the TwIST size (also for ``twist=none``: the baseline's pruned subnets)."""
+    samples = int(cfg.twist.eval_subnets)
+    if samples < 1:
+        return {}
+    spec = PartitionSpec.from_config(model.config, common=cfg.twist.common)
+    if not spec.split_layers:
+        return {}
+    max_batches = limit if isinstance(limit, int) else None
+    batches = [b for i, b in zip(range(max_batches or 10**9), dm.val_dataloader())]
+    device = model.lm_head.weight.device
+    batches = [(x.to(device), y.to(device)) for x, y in batches]
+    result = evaluate_subnets(model, batches, sizes=[cfg.twist.n_sub], samples=samples, spec=spec,
+                              seed=int(cfg.seed), importance=False, scale=bool(cfg.twist.scale))
+    row = result["sizes"][0]
+    return {"subnet_size": f"{row['heads']}/{spec.n_head}", "subnet_ppl_mean": row["mean_ppl"],
+            "subnet_ppl_std": row["std_ppl"], "subnet_ppl_min": row["min_ppl"], "subnet_ppl_max": row["max_ppl"]}
+
+
 def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     width = max(len(k) for k in summary)
@@ -139,7 +160,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     summary = summarize(trainer, dm, metrics, time.perf_counter() - start)
+    summary["twist_variant"] = str(cfg.twist.variant.value if hasattr(cfg.twist.variant, "value") else cfg.twist.variant)
+    if isinstance(trainer.strategy, TwISTStrategy):
+        summary["twist_rounds"] = trainer.strategy.round
+        summary["bytes_per_step"] = round(trainer.strategy.counter.bytes / max(trainer.global_step, 1), 1)
     if trainer.is_global_zero:
+        summary.update(subnet_summary(cfg, module.model, dm, trainer.limit_val_batches))
+        summary["wall_s"] = round(time.perf_counter() - start, 2)
         write_summary(summary, out_dir)
     return summary
 
