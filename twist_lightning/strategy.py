@@ -43,7 +43,15 @@ from typing_extensions import override
 
 from twist_lightning.model import GPT
 from twist_lightning.partition import PartitionSpec, extract, resolve_n_sub, sample_blueprints
-from twist_lightning.workers import CollectiveCounter, Worker, average_over_holders, flat_index, flatten_parameters
+from twist_lightning.partition import param_index
+from twist_lightning.workers import (
+    CollectiveCounter,
+    Layout,
+    Worker,
+    average_over_holders,
+    exchange_held,
+    flatten_parameters,
+)
 
 VARIANTS = ("masked", "true", "hybrid")
 OPTIMIZER_STATES = ("reset",)  # "carry" (moments averaged over holders like the weights) is not built yet
@@ -147,6 +155,7 @@ class TwISTStrategy(DDPStrategy):
         physical = self.physical_on(self.global_rank)
         self.central_model = lm.model if physical else copy.deepcopy(lm.model)
         self.central = flatten_parameters(self.central_model)
+        self.layout = Layout(self.central_model)
         if self._pending is not None:
             self.round, self.step_in_round = self._pending["round"], self._pending["step_in_round"]
         blueprints = self._draw(self.round)
@@ -163,20 +172,21 @@ class TwISTStrategy(DDPStrategy):
         """Give every local worker its new blueprint and its values sliced from the central model."""
         model = self.lightning_module.model
         self.blueprints = blueprints
-        self.all_indices = [flat_index(self.central_model, bp) for bp in blueprints]
+        device = self.central.device
+        self.all_indices = [param_index(self.central_model.config, bp, device) for bp in blueprints]
         physical = self.physical_on(self.global_rank)
         first = self.global_rank * self.workers_per_process
         self.workers = []
         for k in range(self.workers_per_process):
             bp, index = blueprints[first + k], self.all_indices[first + k]
-            source = self.central[index] if physical else self.central
+            source = self.layout.gather_held(self.central, index) if physical else self.central
             values = self._live if self.workers_per_process == 1 else torch.empty_like(source)
             values.copy_(source)
-            cache = None
+            worker = Worker(bp, index, values, physical, defaultdict(dict))
             if not physical:
                 model.set_subnet(list(bp.heads), list(bp.ffn), scale=self.scale)
-                cache = model._subnet
-            self.workers.append(Worker(bp, index, values, physical, defaultdict(dict), cache))
+                worker.subnet_cache, worker.mask = model._subnet, self.layout.held_mask(index, device)
+            self.workers.append(worker)
         self._activate(0)
 
     def coverage(self) -> float:
@@ -203,9 +213,7 @@ class TwISTStrategy(DDPStrategy):
     def _deactivate(self, k: int) -> None:
         w = self.workers[k]
         if not w.physical:  # units this worker does not hold go back to their central values
-            held = self._live[w.index]
-            self._live.copy_(self.central)
-            self._live[w.index] = held
+            torch.where(w.mask, self._live, self.central, out=self._live)
         if self.workers_per_process > 1:
             w.values.copy_(self._live)
 
@@ -223,7 +231,6 @@ class TwISTStrategy(DDPStrategy):
             self._activate(k)
             output = Strategy.optimizer_step(self, optimizer, closure, model, **kwargs)
             self._deactivate(k)
-        self._activate(0)
         self.step_in_round += 1
         if self.step_in_round >= self.sync_every:
             self.sync()
@@ -232,7 +239,8 @@ class TwISTStrategy(DDPStrategy):
     @torch.no_grad()
     def sync(self) -> None:
         """Average every parameter over its holders into the central model, then resample."""
-        average_over_holders(self.central, self.workers, self.all_indices, self.counter)
+        held = exchange_held([w.held(self.layout) for w in self.workers], self.counter)
+        average_over_holders(self.central, self.layout, held, self.all_indices)
         self.round += 1
         self.step_in_round = 0
         self._start_round(self._draw(self.round))
@@ -280,7 +288,7 @@ class TwISTStrategy(DDPStrategy):
             dist.all_gather_object(gathered, local)
             local = [w for rank in gathered for w in rank]
         return {"round": self.round, "step_in_round": self.step_in_round, "workers": local,
-                "bytes_communicated": self.counter.bytes}
+                "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls}
 
     def load_worker_state(self, state: dict[str, Any]) -> None:
         """Called by ``SubnetResampling.load_state_dict``; applied once the strategy is set up."""
@@ -298,6 +306,7 @@ class TwISTStrategy(DDPStrategy):
             w.values.copy_(saved["values"].to(w.values.device))
             w.optimizer_state = _restore_state(saved["optimizer"], params, w.values.device)
         self.counter.bytes = self._pending.get("bytes_communicated", 0)
+        self.counter.calls = self._pending.get("collective_calls", 0)
         self._pending = None
         self._activate(0)
 

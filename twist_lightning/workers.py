@@ -1,13 +1,15 @@
 """Flat-buffer bookkeeping of TwIST workers: the central model, each worker's subnet, and holder averaging.
 
 Pure torch (plus ``torch.distributed`` collectives); the Lightning strategy drives it. Every parameter of a GPT
-is made a view into one flat buffer, so moving a subnet in or out of the central model, restoring the units a
-worker does not hold, and averaging over holders are each a single gather / ``index_add_`` / ``where`` on flat
-vectors, and one collective per sync carries all workers' values.
+is made a view into one flat buffer, so swapping a virtual worker in or out, restoring the units a masked worker
+does not hold, and the one collective per sync each work on a single flat vector.
 
-A blueprint's *flat index* lists, in the order of its physical subnet's ``named_parameters()`` flattened, the
-positions of those elements in the central model's flat vector. All blueprints of a round have the same
-sizes (exactly ``n_sub`` units per layer), so every worker's held values form a vector of the same length.
+A worker's *held vector* is its physical subnet's parameters flattened in ``named_parameters()`` order: for a
+physical worker that is its live flat buffer itself, for a masked one it is gathered from its full-size buffer.
+All blueprints of a round have the same sizes, so every worker's held vector has the same length and one
+``all_gather`` carries them all. Where the elements sit in the full model is kept per parameter (a dimension and
+a row/column index from :func:`~twist_lightning.partition.param_index`), never as one index per element, which
+for GPT-2 124M would cost 8 bytes x 80M elements per worker.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from twist_lightning.model import GPT
-from twist_lightning.partition import Blueprint, param_index
+from twist_lightning.partition import Blueprint
+
+ParamIndex = dict[str, tuple[int, torch.Tensor]]  # name -> (dim, rows/cols held), only narrowed parameters
 
 
 def flatten_parameters(module: nn.Module) -> torch.Tensor:
@@ -34,37 +37,75 @@ def flatten_parameters(module: nn.Module) -> torch.Tensor:
     return flat
 
 
-def flat_index(model: GPT, blueprint: Blueprint) -> torch.Tensor:
-    """Positions in ``model``'s flat parameter vector of ``blueprint``'s physical-subnet elements, in order."""
-    device = model.lm_head.weight.device
-    narrowed = param_index(model.config, blueprint, device)
-    pieces, offset = [], 0
-    for name, p in model.named_parameters():
-        n = p.numel()
-        if name not in narrowed:
-            pieces.append(torch.arange(offset, offset + n, device=device))
-        else:
-            dim, idx = narrowed[name]
-            pos = torch.arange(offset, offset + n, device=device).view_as(p)
-            pieces.append(pos.index_select(dim, idx).reshape(-1))
-        offset += n
-    return torch.cat(pieces)
+class Layout:
+    """Names, shapes and offsets of a full model's parameters inside its flat buffer."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.names: list[str] = []
+        self.shapes: list[torch.Size] = []
+        for name, p in module.named_parameters():
+            self.names.append(name)
+            self.shapes.append(p.shape)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        out, offset = [], 0
+        for shape in self.shapes:
+            n = shape.numel()
+            out.append(flat[offset:offset + n].view(shape))
+            offset += n
+        return out
+
+    def held_shapes(self, index: ParamIndex) -> list[torch.Size]:
+        """Shape of each parameter in the physical subnet of ``index``."""
+        shapes = []
+        for name, shape in zip(self.names, self.shapes):
+            if name in index:
+                dim, idx = index[name]
+                shape = shape[:dim] + (len(idx),) + shape[dim + 1:]
+            shapes.append(torch.Size(shape))
+        return shapes
+
+    def split_held(self, held: torch.Tensor, index: ParamIndex) -> list[torch.Tensor]:
+        out, offset = [], 0
+        for shape in self.held_shapes(index):
+            n = shape.numel()
+            out.append(held[offset:offset + n].view(shape))
+            offset += n
+        return out
+
+    def gather_held(self, flat: torch.Tensor, index: ParamIndex) -> torch.Tensor:
+        """The held vector of a full-size flat buffer: each parameter, narrowed where ``index`` says."""
+        pieces = []
+        for name, view in zip(self.names, self.views(flat)):
+            piece = view.index_select(*index[name]) if name in index else view
+            pieces.append(piece.reshape(-1))
+        return torch.cat(pieces)
+
+    def held_mask(self, index: ParamIndex, device: torch.device) -> torch.Tensor:
+        """A full-size bool vector, True where the subnet holds the element (1 byte an element)."""
+        mask = torch.ones(sum(s.numel() for s in self.shapes), dtype=torch.bool, device=device)
+        for name, view in zip(self.names, self.views(mask)):
+            if name in index:
+                dim, idx = index[name]
+                view.fill_(False).index_fill_(dim, idx, True)
+        return mask
 
 
 @dataclass
 class Worker:
-    """One (real or virtual) worker: its blueprint, where its elements sit, its values and optimizer state."""
+    """One (real or virtual) worker: its blueprint, where its units sit, its values and optimizer state."""
 
     blueprint: Blueprint
-    index: torch.Tensor  # (n_held,) positions in the central flat vector
-    values: torch.Tensor  # its live parameters: full-size (masked) or (n_held,) (physical)
+    index: ParamIndex
+    values: torch.Tensor  # its live parameters: full-size flat (masked) or held vector (physical)
     physical: bool
     optimizer_state: dict = field(default_factory=dict)
     subnet_cache: list | None = None  # masked workers: the model's index tensors for this blueprint
+    mask: torch.Tensor | None = None  # masked workers: which elements of ``values`` they hold
 
-    def held(self) -> torch.Tensor:
-        """The held values as an (n_held,) vector, whatever the worker holds physically."""
-        return self.values if self.physical else self.values[self.index]
+    def held(self, layout: Layout) -> torch.Tensor:
+        """The held values as one vector, whatever the worker holds physically."""
+        return self.values if self.physical else layout.gather_held(self.values, self.index)
 
 
 class CollectiveCounter:
@@ -79,29 +120,38 @@ class CollectiveCounter:
         self.calls += 1
 
 
-def average_over_holders(
-    central: torch.Tensor,
-    workers: list[Worker],
-    all_indices: list[torch.Tensor],
-    counter: CollectiveCounter | None = None,
-) -> None:
-    """Set each central element to the mean of its holders' values over *all* workers of all ranks.
-
-    Every rank passes its local ``workers`` and the flat indices of every worker in global order (rank-major);
-    the held vectors are exchanged with one ``all_gather`` (or none in a single process), then summed locally
-    with ``index_add_``. Holder counts need no communication: every rank knows every blueprint.
-    """
-    local = torch.cat([w.held() for w in workers])  # (n_local * n_held,)
+def exchange_held(local: list[torch.Tensor], counter: CollectiveCounter | None = None) -> list[torch.Tensor]:
+    """Every worker's held vector on every rank, rank-major, by one ``all_gather`` (none in a single process)."""
+    mine = torch.cat(local)  # (n_local * n_held,)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         if counter is not None:
-            counter.add(local)
-        dist.all_gather(gathered, local)
-        everything = torch.cat(gathered)
-    else:
-        everything = local
-    values = everything.view(len(all_indices), -1)  # (S, n_held)
-    index = torch.cat(all_indices)  # (S * n_held,)
-    sums = torch.zeros_like(central).index_add_(0, index, values.reshape(-1).to(central.dtype))
-    counts = torch.zeros_like(central).index_add_(0, index, torch.ones_like(index, dtype=central.dtype))
-    central.copy_(torch.where(counts > 0, sums / counts.clamp_min(1.0), central))
+            counter.add(mine)
+        dist.all_gather(gathered, mine)
+        mine = torch.cat(gathered)
+    return list(mine.chunk(mine.numel() // local[0].numel()))
+
+
+@torch.no_grad()
+def average_over_holders(central: torch.Tensor, layout: Layout, held: list[torch.Tensor],
+                         indices: list[ParamIndex]) -> None:
+    """Set each central element to the mean of its holders' values (unheld elements keep theirs).
+
+    ``held[s]`` is worker ``s``'s held vector and ``indices[s]`` its parameter index, for all S workers. Holder
+    counts need no communication: every rank knows every blueprint. Works parameter by parameter, so the extra
+    memory is two copies of the largest parameter, not of the model.
+    """
+    pieces = [layout.split_held(h, idx) for h, idx in zip(held, indices)]  # [S][P] views
+    for p, (name, target) in enumerate(zip(layout.names, layout.views(central))):
+        sums = torch.zeros_like(target)
+        counts = torch.zeros_like(target)
+        for s, index in enumerate(indices):
+            piece = pieces[s][p].to(target.dtype)
+            if name in index:
+                dim, idx = index[name]
+                sums.index_add_(dim, idx, piece)
+                counts.index_add_(dim, idx, torch.ones_like(piece))
+            else:
+                sums.add_(piece)
+                counts.add_(1.0)
+        target.copy_(torch.where(counts > 0, sums / counts.clamp_min(1.0), target))

@@ -122,7 +122,9 @@ class RankProbe(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:  # after TwIST's final sync in strategy.on_train_end
         s = trainer.strategy
         central = getattr(s, "central", None)
-        indices = list(getattr(s, "all_indices", None) or []) + [w.index for w in getattr(s, "workers", [])]
+        # row/column indices of every blueprint plus the 1-byte held masks of masked workers
+        indices = [t for idx in getattr(s, "all_indices", None) or [] for _, t in idx.values()]
+        indices += [w.mask for w in getattr(s, "workers", []) if w.mask is not None]
         record = {
             "rank": trainer.global_rank, "steps": trainer.global_step, "threads": torch.get_num_threads(),
             "times_s": self.times, "state": self.peak,
