@@ -75,3 +75,17 @@ def test_typos_fail_at_compose_time_naming_the_key(override, key):
 def test_data_block_size_follows_the_model():
     cfg = _compose(["model=gpt2"])
     assert cfg.data.block_size == 1024 and cfg.model.vocab_size == 50257
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "recipe"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES.glob("*.yaml")))
+def test_every_recipe_composes_and_its_swept_keys_exist(recipe, monkeypatch):
+    monkeypatch.chdir(CONF.parent)  # the recipes search path is relative to the repo root
+    cfg = _compose([f"recipe={recipe}"])
+    for key in (cfg.hydra.sweeper.get("params") or {}):
+        if key in GROUPS:  # a swept config group: each option must exist
+            assert all(o in options(key) for o in str(cfg.hydra.sweeper.params[key]).split(","))
+        else:
+            assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key.startswith("+"), key

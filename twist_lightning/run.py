@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from twist_lightning.callbacks import SubnetResampling
+from twist_lightning.comm import CountingDDPStrategy
 from twist_lightning.config import register_configs
 from twist_lightning.data import TextDataModule
 from twist_lightning.evaluate import evaluate_subnets
@@ -76,15 +77,21 @@ def world_size(trainer_cfg: dict[str, Any]) -> int:
     return count * int(trainer_cfg.get("num_nodes", 1))
 
 
-def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | None:
-    """The TwIST strategy of ``cfg.twist`` (None for ``variant: none``), checked against the model up front."""
+def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | CountingDDPStrategy | None:
+    """The TwIST strategy of ``cfg.twist``, checked against the model up front.
+
+    For ``variant: none`` with several processes and a DDP strategy, Lightning's DDP with a byte-counting comm hook
+    (so the baseline's communication is measured on the same yardstick); otherwise ``trainer.strategy`` as given.
+    """
     settings = kwargs_of(cfg.twist)
     variant = settings.pop("variant")
     settings.pop("eval_subnets")
-    if variant == "none":
-        return None
     trainer_strategy = str(cfg.trainer.get("strategy", "auto"))
-    settings["start_method"] = "spawn" if "spawn" in trainer_strategy else "popen"
+    start_method = "spawn" if "spawn" in trainer_strategy else "popen"
+    if variant == "none":
+        multi = world_size(OmegaConf.to_container(cfg.trainer, resolve=True)) > 1
+        return CountingDDPStrategy(start_method=start_method) if multi and trainer_strategy.startswith("ddp") else None
+    settings["start_method"] = start_method
     strategy = TwISTStrategy(variant=variant, **settings)
     strategy.check(model, world_size(OmegaConf.to_container(cfg.trainer, resolve=True)))
     return strategy
@@ -163,7 +170,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary["twist_variant"] = str(cfg.twist.variant.value if hasattr(cfg.twist.variant, "value") else cfg.twist.variant)
     if isinstance(trainer.strategy, TwISTStrategy):
         summary["twist_rounds"] = trainer.strategy.round
-        summary["bytes_per_step"] = round(trainer.strategy.counter.bytes / max(trainer.global_step, 1), 1)
+    counter = getattr(trainer.strategy, "counter", None)
+    # under the spawn launcher the counts stay in the child processes, so they are left out rather than shown as 0
+    if counter is not None and (trainer.world_size == 1 or counter.calls):
+        summary["bytes_per_step"] = round(counter.bytes / max(trainer.global_step, 1), 1)
     if trainer.is_global_zero:
         summary.update(subnet_summary(cfg, module.model, dm, trainer.limit_val_batches))
         summary["wall_s"] = round(time.perf_counter() - start, 2)
