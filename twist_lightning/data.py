@@ -302,6 +302,9 @@ class TextDataModule(LightningDataModule):
             self.datasets[split],
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
+            # training drops a short last batch: every step then sees the same number of windows, which TwIST's
+            # virtual workers (each taking every k-th row) and throughput figures rely on
+            drop_last=split == "train" and len(self.datasets[split]) >= self.hparams.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -92,6 +92,10 @@ def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | CountingDDPSt
         multi = world_size(OmegaConf.to_container(cfg.trainer, resolve=True)) > 1
         return CountingDDPStrategy(start_method=start_method) if multi and trainer_strategy.startswith("ddp") else None
     settings["start_method"] = start_method
+    per_process = int(cfg.data.batch_size)
+    if per_process % int(settings["workers_per_process"]):
+        raise ValueError(f"data.batch_size={per_process} cannot be split evenly over twist.workers_per_process="
+                         f"{settings['workers_per_process']} virtual workers. HINT: use a multiple of it.")
     strategy = TwISTStrategy(variant=variant, **settings)
     strategy.check(model, world_size(OmegaConf.to_container(cfg.trainer, resolve=True)))
     return strategy

@@ -221,6 +221,10 @@ class TwISTStrategy(DDPStrategy):
     def training_step(self, *args: Any, **kwargs: Any):
         if self.workers_per_process > 1 and self._active is not None and args:
             k, n = self._active, self.workers_per_process  # worker k trains on rows k, k+n, ... of the batch
+            rows = min(len(t) for t in _tensors(args[0]))
+            if rows < n:
+                raise ValueError(f"A batch of {rows} rows cannot feed twist.workers_per_process={n} virtual workers. "
+                                 f"HINT: use a per-process batch size (data.batch_size) that is a multiple of {n}.")
             args = (apply_to_collection(args[0], torch.Tensor, lambda t: t[k::n]), *args[1:])
         return super().training_step(*args, **kwargs)
 
@@ -320,6 +324,12 @@ class TwISTStrategy(DDPStrategy):
             if name not in strategy_registry:
                 strategy_registry.register(name, cls, description=f"TwIST with start_method {start_method!r}",
                                            start_method=start_method)
+
+
+def _tensors(batch: Any) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    apply_to_collection(batch, torch.Tensor, found.append)
+    return found
 
 
 def _cpu_state(state: dict, params: list[torch.Tensor]) -> dict[int, dict[str, Any]]:
