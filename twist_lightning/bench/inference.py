@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from twist_lightning.bench.common import base_parser, format_report, make_report, target, time_interleaved, write_report
-from twist_lightning.bench.subnet import forward_flops_per_token, param_bytes
+from twist_lightning.bench.subnet import forward_flops_per_token, model_shape_row
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.partition import PartitionSpec, extract, random_blueprint
 
@@ -62,13 +62,8 @@ def run(preset: str = "gpt2", seq_len: int = 256, batch: int = 8, warmup: int = 
     dense_flops = forward_flops_per_token(cfg, seq_len)
     rows = []
     for name, model in models.items():
-        flops = forward_flops_per_token(model.config, seq_len)
         rows.append({
-            "name": name,
-            "params_M": model.num_params(non_embedding=False) / 1e6,
-            "param_bytes": param_bytes(model),
-            "flops_per_token_fwd": flops,
-            "flop_ratio": flops / dense_flops,
+            **model_shape_row(name, model, seq_len, dense_flops),
             "time_s": thr[name]["min_s"],
             "times_s": thr[name]["times_s"],
             "throughput_tok_s": batch * seq_len / thr[name]["min_s"],

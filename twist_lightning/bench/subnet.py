@@ -38,6 +38,13 @@ def forward_flops_per_token(config: GPTConfig, seq_len: int) -> int:
     return total
 
 
+def model_shape_row(name: str, model: GPT, seq_len: int, dense_flops: int) -> dict[str, Any]:
+    """The size columns every model row of a benchmark starts with."""
+    flops = forward_flops_per_token(model.config, seq_len)
+    return {"name": name, "params_M": model.num_params(non_embedding=False) / 1e6, "param_bytes": param_bytes(model),
+            "flops_per_token_fwd": flops, "flop_ratio": flops / dense_flops}
+
+
 def param_bytes(model: GPT) -> int:
     """Bytes of the model's (unique) parameters."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -84,14 +91,10 @@ def run(preset: str = "gpt2", seq_len: int = 256, batch: int = 1, warmup: int = 
     timings = time_interleaved(steps, warmup=warmup, repeats=repeats)
     rows: list[dict[str, Any]] = []
     for name, model in models.items():
-        flops = forward_flops_per_token(model.config, seq_len)
+        shape = model_shape_row(name, model, seq_len, dense_flops)
         rows.append({
-            "name": name,
-            "params_M": model.num_params(non_embedding=False) / 1e6,
-            "param_bytes": param_bytes(model),
-            "flops_per_token_fwd": flops,
-            "flops_step": 3 * flops * batch * seq_len,
-            "flop_ratio": flops / dense_flops,
+            **shape,
+            "flops_step": 3 * shape["flops_per_token_fwd"] * batch * seq_len,
             "time_s": timings[name][f"{stat}_s"],
             "time_median_s": timings[name]["median_s"],
             "time_min_s": timings[name]["min_s"],
