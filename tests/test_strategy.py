@@ -190,3 +190,21 @@ def test_model_without_a_gpt_is_not_partitionable():
     with pytest.raises(ValueError, match="not partitionable"):
         L.Trainer(accelerator="cpu", devices=1, strategy=twist(), max_steps=1, logger=False,
                   enable_progress_bar=False).fit(BoringModel())
+
+
+def test_resampling_schedule_changes_the_sync_interval():
+    class Rounds(L.Callback):
+        rounds: list = []
+
+        def on_train_batch_end(self, trainer, *args):
+            self.rounds.append(trainer.strategy.round)
+
+    probe = Rounds()
+    fit(make_module(), twist(variant="masked", n_sub=2, common="none", workers_per_process=2), max_steps=8,
+        batch_size=8, callbacks=[SubnetResampling(schedule={0: 1, 4: 2}), probe])
+    assert probe.rounds == [1, 2, 3, 4, 4, 5, 5, 6]  # every step for 4 steps, then every second step
+
+
+def test_bad_schedule_is_refused():
+    with pytest.raises(ValueError, match="schedule"):
+        SubnetResampling(schedule={0: 0})

@@ -20,6 +20,8 @@ class SubnetResampling(Callback):
 
     Args:
         every_n_steps: steps between syncs; ``None`` keeps the strategy's ``sync_every``.
+        schedule: ``{from_step: every_n_steps}``, e.g. ``{0: 5, 1000: 15}`` to sync often early in training and
+            less later; the interval of the largest ``from_step`` reached applies. Overrides ``every_n_steps``.
         log_every_n_steps: how often to log ``twist/round``, ``twist/units_per_worker``, ``twist/coverage`` and
             ``twist/bytes_per_step``.
 
@@ -31,11 +33,17 @@ class SubnetResampling(Callback):
         trainer = L.Trainer(strategy=TwISTStrategy(variant="masked"), callbacks=[SubnetResampling(every_n_steps=15)])
     """
 
-    def __init__(self, every_n_steps: int | None = None, log_every_n_steps: int = 10) -> None:
-        for name, value in (("every_n_steps", every_n_steps), ("log_every_n_steps", log_every_n_steps)):
+    def __init__(self, every_n_steps: int | None = None, log_every_n_steps: int = 10,
+                 schedule: dict[int, int] | None = None) -> None:
+        checks = [("every_n_steps", every_n_steps), ("log_every_n_steps", log_every_n_steps)]
+        checks += [(f"schedule[{step}]", n) for step, n in (schedule or {}).items()]
+        for name, value in checks:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"SubnetResampling({name}={value!r}): use an integer >= 1.")
+        if schedule is not None and (not schedule or any(not isinstance(k, int) or k < 0 for k in schedule)):
+            raise ValueError(f"SubnetResampling(schedule={schedule!r}): use {{from_step: interval}} with steps >= 0.")
         self.every_n_steps = every_n_steps
+        self.schedule = dict(sorted(schedule.items())) if schedule else None
         self.log_every_n_steps = log_every_n_steps
 
     def _strategy(self, trainer: pl.Trainer) -> TwISTStrategy:
@@ -51,6 +59,13 @@ class SubnetResampling(Callback):
         self._trainer_ref = trainer
         if self.every_n_steps is not None:
             strategy.sync_every = self.every_n_steps
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        if self.schedule is not None:
+            reached = [n for step, n in self.schedule.items() if step <= trainer.global_step]
+            if reached:
+                self._strategy(trainer).sync_every = reached[-1]
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
