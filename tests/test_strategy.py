@@ -105,11 +105,11 @@ def test_virtual_workers_match_real_processes():
     assert_same(params(virtual), params(real))
 
 
-@pytest.mark.parametrize("variant", ["masked", "true"])
-def test_resume_mid_round_reproduces_uninterrupted_run(tmp_path, variant):
+@pytest.mark.parametrize("variant, policy", [("masked", "reset"), ("true", "reset"), ("true", "carry")])
+def test_resume_mid_round_reproduces_uninterrupted_run(tmp_path, variant, policy):
     # 4 batches an epoch: the checkpoint at step 4 is mid-round but at an epoch boundary, since Lightning
     # restarts a map-style dataset's epoch from its first batch on resume
-    kw = dict(variant=variant, n_sub=2, common="none", sync_every=3, workers_per_process=2)
+    kw = dict(variant=variant, n_sub=2, common="none", sync_every=3, workers_per_process=2, optimizer_state=policy)
     straight = make_module()
     fit(straight, twist(**kw), max_steps=7, batch_size=8, n=32)
 
@@ -208,3 +208,36 @@ def test_resampling_schedule_changes_the_sync_interval():
 def test_bad_schedule_is_refused():
     with pytest.raises(ValueError, match="schedule"):
         SubnetResampling(schedule={0: 0})
+
+
+@pytest.fixture(scope="module")
+def carried():
+    out = {}
+    for variant in ("masked", "true"):
+        strategy = twist(variant=variant, n_sub=2, common="none", sync_every=2, workers_per_process=2,
+                         optimizer_state="carry")
+        m = make_module()
+        fit(m, strategy, max_steps=5, batch_size=8)
+        out[variant] = (params(m), strategy)
+    return out
+
+
+def test_carried_moments_give_the_same_parameters_masked_and_physical(carried):
+    assert_same(carried["true"][0], carried["masked"][0])
+
+
+def test_carry_keeps_averaged_moments_across_a_resample(carried):
+    _, strategy = carried["true"]
+    assert strategy.central_moments is not None and strategy.central_moments["exp_avg_sq"].abs().max() > 0
+    state = next(iter(strategy.workers[0].optimizer_state.values()))
+    assert float(state["step"]) == 5 and state["exp_avg_sq"].abs().max() > 0  # sliced, step count continues
+    reset = make_module()
+    fit(reset, twist(variant="true", n_sub=2, common="none", sync_every=2, workers_per_process=2), max_steps=5,
+        batch_size=8)
+    assert any((params(reset)[k] - carried["true"][0][k]).abs().max() > 1e-6 for k in params(reset))
+
+
+def test_carry_needs_adam():
+    with pytest.raises(ValueError, match="carry"):
+        fit(make_module("sgd"), twist(n_sub=2, common="none", workers_per_process=2, optimizer_state="carry"),
+            max_steps=1, batch_size=8)

@@ -37,6 +37,7 @@ class OptimizerState(str, Enum):
     """What a worker's AdamW moments do at a resample (see ``TwISTStrategy``)."""
 
     reset = "reset"
+    carry = "carry"
 
 
 @dataclass

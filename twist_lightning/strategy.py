@@ -54,7 +54,8 @@ from twist_lightning.workers import (
 )
 
 VARIANTS = ("masked", "true", "hybrid")
-OPTIMIZER_STATES = ("reset",)  # "carry" (moments averaged over holders like the weights) is not built yet
+OPTIMIZER_STATES = ("reset", "carry")
+MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam/AdamW state that "carry" averages over holders
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -73,8 +74,9 @@ class TwISTStrategy(DDPStrategy):
         n_sub: units kept per partitioned layer: an int count, or a float fraction in (0, 1].
         common: layers every subnet keeps whole: ``"default"`` (first and last), ``"none"``, or a list of indices.
         scale: multiply subnet attention/FFN outputs by sqrt(N_full / N_sub).
-        optimizer_state: ``"reset"`` starts every worker's AdamW moments from zero at every resample (the only
-            policy so far; the field notes measured carrying per-worker moments to give about the same).
+        optimizer_state: ``"reset"`` starts every worker's AdamW moments from zero at every resample; ``"carry"``
+            averages the moments over their holders like the weights (two more ``all_gather`` calls per sync) and
+            slices them into the next subnets, with Adam's step count continuing. ``carry`` needs Adam or AdamW.
         workers_per_process: virtual workers each process simulates (S = world size x this).
         seed: seed of the blueprint sequence (same on every rank).
     """
@@ -123,6 +125,8 @@ class TwISTStrategy(DDPStrategy):
         self._active: int | None = None
         self._swapped_out: GPT | None = None
         self._pending: dict[str, Any] | None = None
+        self.central_moments: dict[str, torch.Tensor] | None = None
+        self._steps_done = 0
 
     # ---- set-up ---------------------------------------------------------------------------------------------------
     @property
@@ -158,6 +162,7 @@ class TwISTStrategy(DDPStrategy):
         self.layout = Layout(self.central_model)
         if self._pending is not None:
             self.round, self.step_in_round = self._pending["round"], self._pending["step_in_round"]
+            self._steps_done = self._pending.get("steps_done", 0)
         blueprints = self._draw(self.round)
         mine = blueprints[self.global_rank * self.workers_per_process]
         if physical:
@@ -182,12 +187,36 @@ class TwISTStrategy(DDPStrategy):
             source = self.layout.gather_held(self.central, index) if physical else self.central
             values = self._live if self.workers_per_process == 1 else torch.empty_like(source)
             values.copy_(source)
-            worker = Worker(bp, index, values, physical, defaultdict(dict))
+            worker = Worker(bp, index, values, physical, self._initial_state(index, physical))
             if not physical:
                 model.set_subnet(list(bp.heads), list(bp.ffn), scale=self.scale)
                 worker.subnet_cache, worker.mask = model._subnet, self.layout.held_mask(index, device)
             self.workers.append(worker)
         self._activate(0)
+
+    def _initial_state(self, index: dict, physical: bool) -> dict:
+        """A new worker's optimizer state: empty (``reset``), or sliced from the central moments (``carry``)."""
+        state: dict = defaultdict(dict)
+        if self.optimizer_policy != "carry" or self.central_moments is None:
+            return state
+        params = list(self.lightning_module.model.parameters())  # the live model, in layout order
+        step = torch.tensor(float(self._steps_done))
+        sliced = {}
+        for key, flat in self.central_moments.items():
+            if physical:
+                sliced[key] = self.layout.split_held(self.layout.gather_held(flat, index), index)
+            else:
+                sliced[key] = self.layout.views(flat.clone())
+        for i, p in enumerate(params):
+            state[p] = {"step": step.clone(), **{key: sliced[key][i].clone() for key in MOMENTS}}
+        return state
+
+    def _held_moments(self, w: Worker, key: str) -> torch.Tensor:
+        """One Adam moment of a worker as a held vector (zeros where a parameter has no state yet)."""
+        params = list(self.lightning_module.model.parameters())
+        flat = torch.cat([w.optimizer_state[p][key].reshape(-1) if key in w.optimizer_state.get(p, {})
+                          else torch.zeros(p.numel(), device=p.device, dtype=p.dtype) for p in params])
+        return flat if w.physical else self.layout.gather_held(flat, w.index)
 
     def coverage(self) -> float:
         """Fraction of the partitioned units held by at least one worker this round (1.0 by construction)."""
@@ -236,6 +265,7 @@ class TwISTStrategy(DDPStrategy):
             output = Strategy.optimizer_step(self, optimizer, closure, model, **kwargs)
             self._deactivate(k)
         self.step_in_round += 1
+        self._steps_done += 1
         if self.step_in_round >= self.sync_every:
             self.sync()
         return output
@@ -245,6 +275,12 @@ class TwISTStrategy(DDPStrategy):
         """Average every parameter over its holders into the central model, then resample."""
         held = exchange_held([w.held(self.layout) for w in self.workers], self.counter)
         average_over_holders(self.central, self.layout, held, self.all_indices)
+        if self.optimizer_policy == "carry":
+            if self.central_moments is None:
+                self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
+            for key, flat in self.central_moments.items():
+                held = exchange_held([self._held_moments(w, key) for w in self.workers], self.counter)
+                average_over_holders(flat, self.layout, held, self.all_indices)
         self.round += 1
         self.step_in_round = 0
         self._start_round(self._draw(self.round))
@@ -291,7 +327,8 @@ class TwISTStrategy(DDPStrategy):
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, local)
             local = [w for rank in gathered for w in rank]
-        return {"round": self.round, "step_in_round": self.step_in_round, "workers": local,
+        return {"round": self.round, "step_in_round": self.step_in_round, "steps_done": self._steps_done,
+                "workers": local,
                 "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls}
 
     def load_worker_state(self, state: dict[str, Any]) -> None:
@@ -301,6 +338,10 @@ class TwISTStrategy(DDPStrategy):
     @override
     def on_train_start(self) -> None:
         super().on_train_start()
+        if self.optimizer_policy == "carry" and not all(isinstance(o, torch.optim.Adam | torch.optim.AdamW)
+                                                        for o in self.optimizers):
+            raise ValueError("twist.optimizer_state='carry' averages Adam moments, but the optimizer is "
+                             f"{[type(o).__name__ for o in self.optimizers]}. HINT: use AdamW or optimizer_state=reset.")
         if self._pending is None or self.central_model is None:
             return
         first = self.global_rank * self.workers_per_process
