@@ -178,6 +178,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # under the spawn launcher the counts stay in the child processes, so they are left out rather than shown as 0
     if counter is not None and (trainer.world_size == 1 or counter.calls):
         summary["bytes_per_step"] = round(counter.bytes / max(trainer.global_step, 1), 1)
+        if isinstance(trainer.strategy, TwISTStrategy) and trainer.world_size > 1:
+            # what Lightning DDP hands to its gradient all-reduce every step (tests/test_comm.py checks the equality)
+            ddp = sum(p.numel() * p.element_size() for p in module.model.parameters() if p.requires_grad)
+            summary["ddp_bytes_per_step"] = ddp
+            summary["comm_ratio_vs_ddp"] = round(summary["bytes_per_step"] / ddp, 4)
     if trainer.is_global_zero:
         summary.update(subnet_summary(cfg, module.model, dm, trainer.limit_val_batches))
         summary["wall_s"] = round(time.perf_counter() - start, 2)
