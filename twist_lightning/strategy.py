@@ -37,13 +37,11 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy, Strategy
-from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from twist_lightning.model import GPT
-from twist_lightning.partition import PartitionSpec, extract, resolve_n_sub, sample_blueprints
-from twist_lightning.partition import param_index
+from twist_lightning.partition import PartitionSpec, extract, param_index, sample_blueprints
 from twist_lightning.workers import (
     CollectiveCounter,
     Layout,
