@@ -69,3 +69,15 @@ def test_bad_input_fails_before_training(tmp_path, monkeypatch, overrides, match
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         train(compose_train(overrides))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_data_parallel_baseline_on_two_processes_counts_its_bytes(tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "twist_lightning.run", "experiment=smoke", "trainer=ddp_cpu",
+                           "trainer.max_steps=4", f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    module = TwISTLitModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    param_bytes = sum(p.numel() * p.element_size() for p in module.model.parameters())
+    assert summary["global_step"] == 4 and summary["bytes_per_step"] == param_bytes  # every gradient, every step

@@ -111,6 +111,15 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list, strateg
 
 
 def summarize(trainer: L.Trainer, dm: TextDataModule, metrics: dict[str, float], wall_s: float) -> dict[str, Any]:
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if getattr(launcher, "_start_method", None) == "spawn":
+        # the spawn launcher brings back weights and metrics, not the loop's step count or timers: leave those out
+        # rather than report zeros
+        return {"global_step": None, "note": "spawn launcher: step count, tokens/s and bytes stay in the child "
+                "processes; use the popen launcher (trainer.strategy=ddp) or torchrun for them",
+                "val_loss": float(metrics.get("val/loss", float("nan"))),
+                "val_ppl": float(metrics.get("val/ppl", float("nan"))),
+                "unigram_ppl": float(dm.unigram_ppl("val")), "wall_s": round(wall_s, 2)}
     timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
     train_s = max(timer.time_elapsed("train"), 1e-9)
     tokens = trainer.global_step * dm.hparams.batch_size * dm.hparams.block_size * trainer.world_size
@@ -165,7 +174,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     module = TwISTLitModule(model=GPTConfig(**kwargs_of(cfg.model)), **kwargs_of(cfg.module))
     strategy = build_strategy(cfg, module.model)
-    callbacks = [SubnetResampling()] if strategy is not None else []
+    callbacks = [SubnetResampling()] if isinstance(strategy, TwISTStrategy) else []
 
     trainer = build_trainer(cfg, out_dir, extra_callbacks=callbacks, strategy=strategy)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
