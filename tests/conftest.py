@@ -9,6 +9,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)
+def _restore_environ():
+    # Lightning's launchers write MASTER_PORT, LOCAL_RANK, NODE_RANK ... into os.environ; a later CLI subprocess
+    # inheriting LOCAL_RANK would take itself for an already launched child and wait for ranks that never come
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _destroy_process_group():
     yield
     if dist.is_available() and dist.is_initialized():
