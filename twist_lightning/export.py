@@ -12,18 +12,20 @@ the ``N`` highest-magnitude units, or an explicit ``blueprint=FILE.json``), cuts
 :func:`load_exported` rebuilds it with neither the full model nor the strategy. With ``hf=true`` a
 ``transformers`` GPT-2 folder ``DIR/hf/`` is written too (see :func:`to_hf`).
 
-**The HF export and its limits.** Stock ``GPT2LMHeadModel`` (transformers 5.x) has no per-layer head count
-(``prune_heads`` is gone, and attention width is always ``n_embd``) and one ``n_inner`` for every layer. So the
-HF folder keeps every attention head slot and zeroes the dropped heads (their q/k/v rows and their c_proj
-rows), and sets ``n_inner`` to the widest FFN of the subnet, zero-padding narrower layers. Logits equal the
-masked subnet exactly and ``GPT2LMHeadModel.from_pretrained(DIR/hf)`` loads it as is, but only the FFN is
-actually smaller, and only when all layers share one FFN width (``common=none``, e.g.
-``subnet 6/12 C=none``: ``n_inner = 1536``). For the real speed-up use :func:`load_exported`.
+**The HF export.** ``hf_layout=pruned`` (default) writes a
+:class:`~twist_lightning.hf_gpt2.TwISTGPT2LMHeadModel`: GPT-2 with each layer's own head count and FFN width, as
+small and as fast as the subnet, with the branch scales folded into the output projections. Its folder carries
+``hf_gpt2.py`` and an ``auto_map``, so it loads with ``AutoModelForCausalLM.from_pretrained(DIR/hf,
+trust_remote_code=True)`` where twist-lightning is not installed (and without ``trust_remote_code`` where
+``twist_lightning.hf_gpt2`` is imported). Stock ``GPT2LMHeadModel`` cannot hold per-layer widths (transformers 5
+has no ``prune_heads``), so ``hf_layout=padded`` is for tools that accept nothing else: every head slot stays, the
+dropped ones zeroed, and the FFN is zero-padded to the widest layer; same logits, little size saved.
 
 Examples::
 
     python -m twist_lightning.export checkpoint=last.ckpt size=2 out=exports/half
     python -m twist_lightning.export checkpoint=last.ckpt size=0.5 selector=importance common=none out=e hf=true
+    python -m twist_lightning.export checkpoint=last.ckpt size=2 out=e hf=true hf_layout=padded
     python -m twist_lightning.export checkpoint=last.ckpt selector=explicit blueprint=bp.json out=e
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,7 +49,8 @@ from twist_lightning.partition import Blueprint, PartitionSpec, extract, importa
     resolve_n_sub
 from twist_lightning.vocab import CompactVocab
 
-__all__ = ["SELECTORS", "export_hf", "export_subnet", "load_exported", "load_exported_vocab", "select_blueprint", "to_hf"]
+__all__ = ["SELECTORS", "HFLayout", "export_hf", "export_subnet", "load_exported", "load_exported_vocab",
+           "select_blueprint", "to_hf"]
 
 SELECTORS = ("random", "importance", "explicit")
 FORMAT = "twist-lightning-export/1"
@@ -172,50 +176,64 @@ def load_exported_vocab(path: str | os.PathLike[str]) -> CompactVocab | None:
 
 
 # ---- Hugging Face export ------------------------------------------------------------------------------------------
-def _hf_config(sub: GPT, n_inner: int, vocab: CompactVocab | None) -> Any:
-    from transformers import GPT2Config
+class HFLayout(str, Enum):
+    """How ``hf=true`` lays a subnet out as a ``transformers`` model (lower-case names: OmegaConf matches by name)."""
 
+    pruned = "pruned"  # TwISTGPT2LMHeadModel: dropped heads and FFN units really gone (custom code, auto_map)
+    padded = "padded"  # stock GPT2LMHeadModel: dropped heads zeroed in place, FFN zero-padded to the widest layer
+
+
+def _hf_config_kwargs(sub: GPT, vocab: CompactVocab | None) -> dict[str, Any]:
     cfg = sub.config
     # <|endoftext|> as the model sees it: its compact id, GPT-2's id, or none for another vocabulary
     eot = int(vocab.encode([EOT_ID])[0]) if vocab is not None else (EOT_ID if cfg.vocab_size > EOT_ID else None)
-    if not cfg.bias:
-        raise ValueError("hf=true needs model.bias=true: HF GPT-2 always has biases.")
-    return GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, n_inner=None if n_inner == 4 * cfg.n_embd else n_inner,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True, architectures=["GPT2LMHeadModel"], bos_token_id=eot, eos_token_id=eot,
-        twist_blueprint=cfg.extra.get("blueprint"),  # provenance; HF ignores unknown config keys
-    )
+    return dict(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot,
+                twist_blueprint=cfg.extra.get("blueprint"))  # provenance; HF keeps unknown config keys
 
 
-@torch.no_grad()
-def to_hf(sub: GPT, vocab: CompactVocab | None = None) -> Any:
-    """A stock ``transformers.GPT2LMHeadModel`` computing the same logits as the physical subnet ``sub``.
+def _hf_pruned(sub: GPT, vocab: CompactVocab | None) -> Any:
+    from twist_lightning.hf_gpt2 import TwISTGPT2Config, TwISTGPT2LMHeadModel
 
-    Dropped heads keep their slots with zero weights (HF GPT-2 cannot narrow attention); FFN layers are
-    zero-padded to the widest FFN of the subnet (``n_inner``). Branch scales are folded into each ``c_proj``
-    weight and bias (:meth:`GPT.hf_state_dict`). ``vocab`` (the compact vocabulary, if any) sets the config's
-    end-of-text id. Needs ``transformers``.
-    """
-    try:
-        from transformers import GPT2LMHeadModel
-    except ImportError as err:
-        raise ImportError("hf=true needs transformers: pip install -e '.[hf]'") from err
-    if "blueprint" not in sub.config.extra:
-        raise ValueError("to_hf needs a subnet made by partition.extract / export_subnet (config.extra['blueprint'] "
-                         "tells which head slots the kept heads go back to).")
+    cfg = sub.config
+    config = TwISTGPT2Config(
+        layer_heads=[cfg.heads(i) for i in range(cfg.n_layer)],
+        layer_inner=[cfg.ffn_units(i) * cfg.ffn_unit_width for i in range(cfg.n_layer)],
+        architectures=["TwISTGPT2LMHeadModel"], **_hf_config_kwargs(sub, vocab))
+    hf = TwISTGPT2LMHeadModel(config).eval()
+    narrow = sub.hf_state_dict()  # Conv1D layout (in, out), branch scales folded into c_proj
+    for name, dst in hf.state_dict().items():
+        if name in narrow:
+            dst.copy_(narrow[name])  # shapes match by construction; copy_ would raise otherwise
+        elif name.endswith(".bias") and not cfg.bias:
+            dst.zero_()  # HF GPT-2 always has biases; a bias-free model is the same with zeros
+        else:
+            raise KeyError(f"{name} of the HF model has no counterpart in the subnet's state dict.")
+    return hf
+
+
+def _hf_padded(sub: GPT, vocab: CompactVocab | None) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     cfg, bp = sub.config, Blueprint.from_dict(sub.config.extra["blueprint"])
     n_inner = max(cfg.ffn_units(i) for i in range(cfg.n_layer)) * cfg.ffn_unit_width
-    hf = GPT2LMHeadModel(_hf_config(sub, n_inner, vocab)).eval()
-    target = hf.state_dict()
-    narrow = sub.hf_state_dict()  # Conv1D layout (in, out), scales folded
-    for name, value in narrow.items():
+    config = GPT2Config(n_inner=None if n_inner == 4 * cfg.n_embd else n_inner, architectures=["GPT2LMHeadModel"],
+                        **_hf_config_kwargs(sub, vocab))
+    hf = GPT2LMHeadModel(config).eval()
+    narrow = sub.hf_state_dict()
+    for name, dst in hf.state_dict().items():
+        if name not in narrow:
+            if not (name.endswith(".bias") and not cfg.bias):
+                raise KeyError(f"{name} of the HF model has no counterpart in the subnet's state dict.")
+            dst.zero_()
+            continue
+        value = narrow[name]
         if ".h." not in name or not (".c_attn." in name or ".c_proj.weight" in name or ".c_fc." in name):
-            target[name].copy_(value)  # shared shape: embeddings, norms, c_proj biases
+            dst.copy_(value)  # shared shape: embeddings, norms, c_proj biases
             continue
         layer = int(name.split(".h.")[1].split(".")[0])
-        dst = target[name].zero_()
+        dst.zero_()
         if ".attn." in name:  # put each kept head back into its own slot
             heads = torch.tensor(bp.heads[layer], dtype=torch.long)
             if ".c_attn." in name:
@@ -229,9 +247,46 @@ def to_hf(sub: GPT, vocab: CompactVocab | None = None) -> Any:
     return hf
 
 
-def export_hf(sub: GPT, out_dir: str | os.PathLike[str], vocab: CompactVocab | None = None) -> Any:
-    """Write :func:`to_hf` of ``sub`` with ``save_pretrained`` to ``out_dir`` (plus ``vocab.json``); returns it."""
-    hf = to_hf(sub, vocab)
+@torch.no_grad()
+def to_hf(sub: GPT, vocab: CompactVocab | None = None, layout: HFLayout | str = HFLayout.pruned) -> Any:
+    """A ``transformers`` causal LM computing the same logits as the physical subnet ``sub``.
+
+    ``layout="pruned"`` (default) builds a :class:`~twist_lightning.hf_gpt2.TwISTGPT2LMHeadModel`: GPT-2 with the
+    subnet's own head count and FFN width in every layer, so it is as small and as fast as the subnet.
+    ``layout="padded"`` builds a stock ``GPT2LMHeadModel`` for tools that accept nothing else: dropped heads keep
+    their slots with zero weights and FFN layers are zero-padded to the subnet's widest one (only the FFN shrinks,
+    and only when every layer has the same width). Either way the branch scales are folded into each ``c_proj``
+    weight and bias (:meth:`GPT.hf_state_dict`). ``vocab`` (the compact vocabulary, if any) sets the end-of-text id.
+    Needs ``transformers``.
+    """
+    try:
+        import transformers  # noqa: F401
+    except ImportError as err:
+        raise ImportError("hf=true needs transformers: pip install -e '.[hf]'") from err
+    layout = _hf_layout(layout)
+    if "blueprint" not in sub.config.extra:
+        raise ValueError("to_hf needs a subnet made by partition.extract / export_subnet (config.extra['blueprint'] "
+                         "records which units it kept).")
+    return (_hf_pruned if layout is HFLayout.pruned else _hf_padded)(sub, vocab)
+
+
+def _hf_layout(layout: HFLayout | str) -> HFLayout:
+    try:
+        return HFLayout(layout)
+    except ValueError:
+        raise ValueError(f"hf_layout={layout!r} is not one of {[m.value for m in HFLayout]}: 'pruned' for the "
+                         "smaller model (loads with trust_remote_code or with twist_lightning imported), 'padded' "
+                         "for a stock GPT2LMHeadModel.") from None
+
+
+def export_hf(sub: GPT, out_dir: str | os.PathLike[str], vocab: CompactVocab | None = None,
+              layout: HFLayout | str = HFLayout.pruned) -> Any:
+    """Write :func:`to_hf` of ``sub`` with ``save_pretrained`` to ``out_dir`` (plus ``vocab.json``); returns it.
+
+    The pruned layout's folder also holds ``hf_gpt2.py`` and an ``auto_map``, so
+    ``AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)`` loads it without twist-lightning.
+    """
+    hf = to_hf(sub, vocab, layout)
     hf.save_pretrained(str(out_dir))
     if vocab is not None:
         vocab.save(Path(out_dir) / VOCAB)  # HF has no notion of our id remapping; keep it next to the weights
@@ -252,6 +307,7 @@ class ExportConfig:
     common: Any = "default"  # layers kept whole ("default" = first and last, "none", or indices)
     scale: bool = True
     hf: bool = False
+    hf_layout: HFLayout = HFLayout.pruned
 
 
 def register_configs() -> None:
@@ -267,6 +323,12 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
 
     if cfg.selector not in SELECTORS:  # before loading anything
         raise ValueError(f"selector={cfg.selector!r} is not one of {list(SELECTORS)}.")
+    layout = _hf_layout(getattr(cfg, "hf_layout", HFLayout.pruned))
+    if cfg.hf:
+        try:
+            import transformers  # noqa: F401
+        except ImportError as err:
+            raise ImportError("hf=true needs transformers: pip install -e '.[hf]' (or leave hf=false)") from err
     model, vocab, _ = load_gpt(cfg.checkpoint)
     spec = PartitionSpec.from_config(model.config, common=_plain(cfg.common))
     bp = select_blueprint(model, spec, cfg.selector, _plain(cfg.size), cfg.seed, cfg.blueprint)
@@ -274,10 +336,11 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
             "seed": cfg.seed, "common": list(spec.common), "scale": cfg.scale}
     sub = export_subnet(model, bp, cfg.out, vocab=vocab, scale=cfg.scale, metadata=meta)
     if cfg.hf:
-        export_hf(sub, Path(cfg.out) / HF_DIR, vocab)
+        export_hf(sub, Path(cfg.out) / HF_DIR, vocab, layout)
     full_params, sub_params = model.num_params(False), sub.num_params(False)
     summary = {"out": str(cfg.out), "blueprint": str(bp), "params": sub_params, "full_params": full_params,
-               "param_ratio": sub_params / full_params, "hf": bool(cfg.hf)}
+               "param_ratio": sub_params / full_params, "hf": bool(cfg.hf),
+               "hf_layout": layout.value if cfg.hf else None}
     rank_zero_info(f"Exported {sub_params / 1e6:.3f}M of {full_params / 1e6:.3f}M parameters to {cfg.out}\n  {bp}")
     return summary
 
