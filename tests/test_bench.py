@@ -42,3 +42,17 @@ def test_flops_and_helpers() -> None:
     assert time_fn(lambda: None, warmup=0, repeats=3)["median_s"] >= 0
     table = format_table([{"a": 1.0, "b": "x"}], ["a", "b"]).splitlines()
     assert len(table) == 3 and table[0].split() == ["a", "b"]
+
+
+def test_evaluate_bench_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "evaluate.json"
+    assert main(["evaluate", "--cases", "tiny", "--samples", "3", "--subnet-batch", "3", "--repeats", "1",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["bench"] == "evaluate" and report["targets"] == []
+    one, stacked = report["rows"]
+    assert (one["subnet_batch"], stacked["subnet_batch"]) == (1, 3) and one["subnets"] == stacked["subnets"] == 3
+    assert stacked["max_rel_ppl_diff"] < 1e-5  # both ways give the same perplexities
+    assert one["speedup"] == 1.0 and stacked["speedup"] == pytest.approx(one["time_s"] / stacked["time_s"])
+    with pytest.raises(ValueError, match="unknown"):
+        main(["evaluate", "--cases", "huge"])

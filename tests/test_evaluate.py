@@ -61,6 +61,26 @@ def test_evaluate_subnets_api() -> None:
         evaluate_subnets(model, batches, [1], samples=0, spec=spec)
 
 
+@pytest.mark.parametrize("common", ["none", "default"])
+def test_stacked_and_one_at_a_time_agree(common: str) -> None:
+    """subnet_batch only changes how subnets share forward passes, not their perplexities."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=64))
+    spec = PartitionSpec.from_config(model.config, common=common)
+    x = torch.randint(0, 64, (4, 16))
+    batches = [(x[:2], torch.roll(x[:2], -1, dims=1)), (x[2:], torch.roll(x[2:], -1, dims=1))]
+    runs = {n: evaluate_subnets(model, batches, [1, 2, 3], samples=5, spec=spec, seed=1, subnet_batch=n)
+            for n in (1, 2, 8)}
+    for n in (2, 8):
+        for got, ref in zip(runs[n]["sizes"], runs[1]["sizes"]):
+            assert got["random_ppl"] == pytest.approx(ref["random_ppl"], rel=1e-5)
+            assert got["importance_ppl"] == pytest.approx(ref["importance_ppl"], rel=1e-5)
+    assert len(set(runs[8]["sizes"][0]["random_ppl"])) > 1  # distinct subnets, distinct results
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"subnet_batch={bad!r} must be an int >= 1"):
+            evaluate_subnets(model, batches, [1], samples=2, spec=spec, subnet_batch=bad)
+
+
 def test_cli_compose_writes_json_and_plot(ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "res" / "eval.json"
     cfg = compose_eval(f"checkpoint={ckpt}", "sizes=[1,2,3,4]", "samples=3", "common=none", "max_batches=2",

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.partition import (
     Blueprint,
-    HolderAccumulator,
     PartitionSpec,
     explicit_blueprint,
     extract,
@@ -263,45 +262,6 @@ def test_scatter_extract_round_trip() -> None:
         assert torch.equal(p[~held], before[name][~held]), name
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
     torch.testing.assert_close(extract(model, bp)(_tokens(model)[0])[0], sub(_tokens(model)[0])[0])
-
-
-def test_holder_accumulator_averages_over_holders() -> None:
-    model = _model(n_layer=2, n_head=4, ffn_groups=4)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    spec = PartitionSpec.from_config(model.config, common="none")
-    bp1 = explicit_blueprint(spec, heads=[[0, 1], [0, 1]], ffn=[[0], [0, 1]])
-    bp2 = explicit_blueprint(spec, heads=[[1, 2], [0, 1]], ffn=[[1], [2]])  # head 3 and FFN group 3 unheld
-    acc = HolderAccumulator(model)
-    assert acc.buffer.shape == (2, sum(p.numel() for p in model.parameters()))
-    for bp, value in ((bp1, 1.0), (bp2, 3.0)):
-        sub = extract(model, bp)
-        with torch.no_grad():
-            for p in sub.parameters():
-                p.fill_(value)
-        scatter(sub, model, bp, accumulate=acc)  # adds; the model is untouched until average_into
-    for name, p in model.named_parameters():
-        assert torch.equal(p, before[name])
-    acc.average_into(model)
-    m1, m2 = unit_mask(model, bp1), unit_mask(model, bp2)
-    for name, p in model.named_parameters():
-        a, b = m1[name].bool(), m2[name].bool()
-        expected = torch.where(a & b, 2.0, torch.where(a, 1.0, torch.where(b, 3.0, before[name])))
-        assert torch.equal(p, expected), name
-    assert (~(m1["transformer.h.0.attn.c_attn.weight"].bool() | m2["transformer.h.0.attn.c_attn.weight"].bool())).any()
-
-
-def test_holder_accumulator_accepts_masked_full_model() -> None:
-    model = _model(n_layer=2, n_head=4)
-    bp = random_blueprint(PartitionSpec.from_config(model.config, common="none"), 2, seed=0)
-    via_sub, via_full = HolderAccumulator(model), HolderAccumulator(model)
-    via_sub.add(extract(model, bp), bp)
-    via_full.add(model, bp)
-    assert torch.equal(via_sub.buffer, via_full.buffer)
-    acc = HolderAccumulator(model)
-    acc.add(model, bp)
-    acc.add(model, bp)
-    acc.reset()
-    assert acc.buffer.abs().sum() == 0
 
 
 def test_shape_mismatch_errors() -> None:

@@ -8,7 +8,8 @@ split (from the checkpoint's ``datamodule_hyper_parameters``, or ``data.*`` over
   a fraction of ``n_head``; default every size ``1..n_head``),
 - the importance-selected subnet (highest-magnitude units) at each size,
 
-all masked inside the full model (:func:`~twist_lightning.partition.subnet`) under ``torch.inference_mode``. It
+under ``torch.inference_mode``, ``subnet_batch`` subnets of one size per forward pass
+(:class:`~twist_lightning.stacked.StackedSubnets`; ``subnet_batch=1`` runs them one at a time, masked). It
 prints a table, writes ``eval.json`` (to ``out=FILE``, else the Hydra run dir) and a box plot ``eval.png`` beside it.
 
 ``python -m twist_lightning.evaluate grid=true checkpoints=[a.ckpt,b.ckpt]`` is the robustness grid (paper
@@ -46,6 +47,7 @@ from twist_lightning.checkpoint import check_shape, load_checkpoint, load_gpt
 from twist_lightning.export import check_size
 from twist_lightning.model import GPT
 from twist_lightning.partition import Blueprint, PartitionSpec, importance_blueprint, random_blueprint, subnet
+from twist_lightning.stacked import StackedSubnets
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
 from twist_lightning.vocab import CompactVocab
 
@@ -94,6 +96,29 @@ def _mean_nll(model: GPT, batches: Sequence[Batch]) -> float:
     return total / count
 
 
+def _check_subnet_batch(subnet_batch: int) -> None:
+    if isinstance(subnet_batch, bool) or not isinstance(subnet_batch, int) or subnet_batch < 1:
+        raise ValueError(f"subnet_batch={subnet_batch!r} must be an int >= 1 (1 = one subnet per forward pass).")
+
+
+@torch.inference_mode()
+def _stacked_mean_nll(stack: StackedSubnets, batches: Sequence[Batch]) -> list[float]:
+    """:func:`_mean_nll` of every subnet in ``stack``, all in one pass over ``batches``."""
+    total, count = torch.zeros(stack.k, dtype=torch.float64), 0
+    for x, y in batches:
+        total += stack.losses(x, y).double().cpu() * y.numel()
+        count += y.numel()
+    return (total / count).tolist()
+
+
+def _stacks(blueprints: Iterable[Blueprint], size: int) -> list[list[Blueprint]]:
+    """Deterministic groups of at most ``size`` blueprints with equal per-layer unit counts."""
+    by_shape: dict[tuple, list[Blueprint]] = {}
+    for bp in sorted(blueprints, key=lambda b: (b.num_heads, str(b))):
+        by_shape.setdefault(tuple(bp.sizes()), []).append(bp)
+    return [group[i:i + size] for group in by_shape.values() for i in range(0, len(group), size)]
+
+
 def _ppl(nll: float) -> float:
     return math.exp(nll) if nll < 700 else math.inf
 
@@ -111,11 +136,13 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int | float] | None, samples: int,
                      spec: PartitionSpec, seed: int = 0, importance: bool = True, scale: bool = True,
-                     progress: bool = False) -> dict[str, Any]:
+                     progress: bool = False, subnet_batch: int = 8) -> dict[str, Any]:
     """Held-out perplexity of the full model and of random / importance subnets at each size.
 
     Every distinct blueprint is evaluated once (the size ``n_head`` subnet of every split layer is the full model,
-    so its samples cost nothing), masked inside ``model`` and under ``torch.inference_mode``.
+    so its samples cost nothing) under ``torch.inference_mode``: up to ``subnet_batch`` subnets of one size share
+    each forward pass (:class:`~twist_lightning.stacked.StackedSubnets`), or with ``subnet_batch=1`` they run one
+    at a time, masked inside ``model``.
 
     Args:
         model: The full-size GPT, on the device of ``batches``; it is put in eval mode.
@@ -127,6 +154,7 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
         importance: Also evaluate the importance-selected subnet per size.
         scale: Run subnets with TwIST's ``sqrt(N_full / N_sub)`` branch scaling (as trained).
         progress: Show a tqdm bar on rank zero.
+        subnet_batch: Subnets per forward pass (memory grows with it: each holds a copy of its split layers).
 
     Returns:
         ``{"full": {"loss", "ppl"}, "sizes": [{"size", "heads", "ffn", "fraction", "random_ppl": [...],
@@ -138,6 +166,7 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples!r} must be an int >= 1.")
+    _check_subnet_batch(subnet_batch)
     spec.check_model(model)
     sizes = resolve_sizes(spec, sizes)
     batches = list(batches)
@@ -154,10 +183,13 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
         model.set_subnet(None)
         full_nll = _mean_nll(model, batches)
         bar.update()
-        for bp in sorted(unique, key=lambda b: (b.num_heads, str(b))):  # deterministic order
-            with subnet(model, bp, scale=scale):
-                nll[bp] = _mean_nll(model, batches)
-            bar.update()
+        for group in _stacks(unique, subnet_batch):
+            if subnet_batch == 1:
+                with subnet(model, group[0], scale=scale):
+                    nll[group[0]] = _mean_nll(model, batches)
+            else:
+                nll.update(zip(group, _stacked_mean_nll(StackedSubnets(model, group, scale=scale), batches)))
+            bar.update(len(group))
     nll[Blueprint.full(spec)] = full_nll
     rows = []
     for size, randoms, imp in plan:
@@ -252,8 +284,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
                         samples: int = 8, common: Any = "default", seed: int = 0, importance: bool = True,
                         scale: bool = True, split: str = "val", max_batches: int | None = 20,
                         batch_tokens: int = 4096, device: str = "auto", data: dict[str, Any] | None = None,
-                        progress: bool = True, expect: Any = None) -> dict[str, Any]:
+                        progress: bool = True, expect: Any = None, subnet_batch: int = 8) -> dict[str, Any]:
     """Load ``checkpoint``, rebuild its held-out data and run :func:`evaluate_subnets`; sizes are checked first."""
+    _check_subnet_batch(subnet_batch)
     dev = pick_device(device)
     model, vocab, saved = load_gpt(checkpoint, expect=expect)
     spec = PartitionSpec.from_config(model.config, common=common)
@@ -263,7 +296,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
     batches = collect_batches(dm, split, max_batches, batch_tokens, dev, vocab if remap else None)
     rank_zero_info(f"Evaluating {checkpoint}: sizes {sizes} x {samples} random subnets (+ importance) on "
                    f"{sum(y.numel() for _, y in batches)} {split} tokens, device {dev}")
-    result = evaluate_subnets(model.to(dev), batches, sizes, samples, spec, seed, importance, scale, progress)
+    result = evaluate_subnets(model.to(dev), batches, sizes, samples, spec, seed, importance, scale, progress,
+                              subnet_batch)
     data_used = {k: v for k, v in dm.hparams.items()}
     return {"checkpoint": str(checkpoint), "model": model.config.to_dict(), "data": data_used, "split": split,
             "vocab_remapped": remap, "device": str(dev), **result}
@@ -417,6 +451,7 @@ class EvaluateConfig:
     split: str = "val"
     max_batches: Optional[int] = 20
     batch_tokens: int = 4096
+    subnet_batch: int = 8  # same-size subnets per forward pass (1 = one at a time, masked)
     device: str = "auto"
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     out: Optional[str] = None  # eval.json (grid: the CSV); default: the Hydra run dir
@@ -444,7 +479,7 @@ def run_from_config(cfg: Any) -> dict[str, Any]:
     """Run the evaluation (or the grid) an :class:`EvaluateConfig` describes; write and print the results."""
     c = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg.__dict__)
     kwargs = {k: c[k] for k in ("sizes", "samples", "common", "seed", "importance", "scale", "split", "max_batches",
-                                "batch_tokens", "device", "progress")}
+                                "batch_tokens", "subnet_batch", "device", "progress")}
     kwargs["data"] = c["data"] if isinstance(c["data"], dict) else dict(c["data"].__dict__)
     if c["grid"]:
         return _run_grid(c, kwargs)

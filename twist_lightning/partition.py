@@ -12,8 +12,8 @@ the ``S`` blueprints of one round so that
    rank computes the same blueprints without communication.
 
 A blueprint runs either *masked* on the full model (:meth:`Blueprint.apply`, :func:`subnet`) or *physically* as
-a standalone narrower dense GPT (:func:`extract`), whose parameters go back with :func:`scatter` or, averaged
-over holders, with :class:`HolderAccumulator`. All index maths comes from ``model.head_rows`` /
+a standalone narrower dense GPT (:func:`extract`), whose parameters go back with :func:`scatter` (averaging
+over holders is :func:`twist_lightning.workers.average_over_holders`). All index maths comes from ``model.head_rows`` /
 ``model.head_cols`` / ``model.ffn_cols``.
 
 Pure torch + stdlib; knows nothing of Lightning.
@@ -42,7 +42,6 @@ from twist_lightning.model import GPT, GPTConfig, ffn_cols, head_cols, head_rows
 
 __all__ = [
     "Blueprint",
-    "HolderAccumulator",
     "PartitionSpec",
     "explicit_blueprint",
     "extract",
@@ -553,18 +552,14 @@ def extract(model: GPT, blueprint: Blueprint, scale: bool = True) -> GPT:
 
 
 @torch.no_grad()
-def scatter(sub_model: GPT, full_model: GPT, blueprint: Blueprint, accumulate: HolderAccumulator | None = None) -> None:
-    """Write ``sub_model``'s parameters back into ``full_model`` at ``blueprint``'s rows/columns.
+def scatter(sub_model: GPT, full_model: GPT, blueprint: Blueprint) -> None:
+    """Write ``sub_model``'s parameters back into ``full_model`` at ``blueprint``'s rows/columns (inverse of
+    :func:`extract`).
 
-    Shared parameters are copied whole; units the blueprint does not hold are left untouched. With
-    ``accumulate``, ``full_model`` is not modified: the values are added to the accumulator instead
-    (``accumulate.add(sub_model, blueprint)``), to be averaged over holders later.
+    Shared parameters are copied whole; units the blueprint does not hold are left untouched.
     """
     blueprint.check_model(full_model)
     _check_sizes(sub_model, blueprint)
-    if accumulate is not None:
-        accumulate.add(sub_model, blueprint)
-        return
     full = dict(full_model.named_parameters())
     index = param_index(full_model.config, blueprint, full_model.lm_head.weight.device)
     for name, p in sub_model.named_parameters():
@@ -591,74 +586,3 @@ def unit_mask(model: GPT, blueprint: Blueprint) -> dict[str, torch.Tensor]:
         else:
             masks[name] = torch.ones_like(p)
     return masks
-
-
-class HolderAccumulator:
-    """Sums of subnet parameters and holder counts over one round, averaged into the full model at the end.
-
-    Both live in one flat buffer ``buffer`` of shape ``(2, numel)`` -- row 0 the value sums, row 1 the holder
-    counts -- with per-parameter views ``sums[name]`` / ``counts[name]``, so a distributed strategy can combine
-    all workers' contributions with a single ``all_reduce(acc.buffer)`` before :meth:`average_into`.
-
-    Args:
-        full_model: The full-size model whose parameters are averaged (fixes names, shapes and device).
-        dtype: Accumulation dtype (default: the model's dtype, at least float32; counts are exact to 2**24).
-
-    Example:
-        >>> acc = HolderAccumulator(full)                 # doctest: +SKIP
-        >>> for sub, bp in zip(subnets, blueprints):
-        ...     acc.add(sub, bp)
-        >>> acc.average_into(full)                        # element = mean over its holders
-    """
-
-    def __init__(self, full_model: GPT, dtype: torch.dtype | None = None) -> None:
-        if not full_model.config.is_full:
-            raise ValueError("HolderAccumulator needs the full-size model, got a physical subnet.")
-        ref = full_model.lm_head.weight
-        self.dtype = dtype or torch.promote_types(ref.dtype, torch.float32)
-        self.config = full_model.config
-        self.shapes = {name: p.shape for name, p in full_model.named_parameters()}
-        numel = sum(s.numel() for s in self.shapes.values())
-        self.buffer = torch.zeros(2, numel, dtype=self.dtype, device=ref.device)  # (2, numel): sums | counts
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
-        offset = 0
-        for name, shape in self.shapes.items():
-            n = shape.numel()
-            self.sums[name] = self.buffer[0, offset:offset + n].view(shape)
-            self.counts[name] = self.buffer[1, offset:offset + n].view(shape)
-            offset += n
-
-    def reset(self) -> None:
-        self.buffer.zero_()
-
-    @torch.no_grad()
-    def add(self, model: GPT, blueprint: Blueprint) -> None:
-        """Add one holder's values: ``model`` is its physical subnet, or a full-size model trained masked on it.
-
-        Adds the held values into the sums and 1 into the counts of every held element (shared parameters are
-        held by every subnet).
-        """
-        full_source = model.config.is_full
-        if full_source:
-            blueprint.check_model(model)
-        else:
-            _check_sizes(model, blueprint)
-        index = param_index(self.config, blueprint, self.buffer.device)
-        for name, p in model.named_parameters():
-            s, c = self.sums[name], self.counts[name]
-            if name not in index:
-                s.add_(p.to(self.dtype))
-                c.add_(1.0)
-                continue
-            dim, idx = index[name]
-            held = p.index_select(dim, idx) if full_source else p  # masked source: pick the held slice
-            s.index_add_(dim, idx, held.to(self.dtype))
-            c.index_add_(dim, idx, torch.ones_like(held, dtype=self.dtype))
-
-    @torch.no_grad()
-    def average_into(self, full_model: GPT) -> None:
-        """Set every held element of ``full_model`` to its mean over holders; unheld elements keep their value."""
-        for name, p in full_model.named_parameters():
-            s, c = self.sums[name], self.counts[name]
-            p.copy_(torch.where(c > 0, s / c.clamp_min(1.0), p.to(self.dtype)).to(p.dtype))

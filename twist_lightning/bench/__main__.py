@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "subnet": "twist_lightning.bench.subnet",
     "strategy": "twist_lightning.bench.strategy",
     "inference": "twist_lightning.bench.inference",
+    "evaluate": "twist_lightning.bench.evaluate",
 }
 
 
