@@ -70,8 +70,8 @@ def test_stacked_and_one_at_a_time_agree(common: str) -> None:
     x = torch.randint(0, 64, (4, 16))
     batches = [(x[:2], torch.roll(x[:2], -1, dims=1)), (x[2:], torch.roll(x[2:], -1, dims=1))]
     runs = {n: evaluate_subnets(model, batches, [1, 2, 3], samples=5, spec=spec, seed=1, subnet_batch=n)
-            for n in (1, 2, 8)}
-    for n in (2, 8):
+            for n in (1, 2, 8, None)}  # None: the CPU default
+    for n in (2, 8, None):
         for got, ref in zip(runs[n]["sizes"], runs[1]["sizes"]):
             assert got["random_ppl"] == pytest.approx(ref["random_ppl"], rel=1e-5)
             assert got["importance_ppl"] == pytest.approx(ref["importance_ppl"], rel=1e-5)

@@ -9,7 +9,8 @@ split (from the checkpoint's ``datamodule_hyper_parameters``, or ``data.*`` over
 - the importance-selected subnet (highest-magnitude units) at each size,
 
 under ``torch.inference_mode``, ``subnet_batch`` subnets of one size per forward pass
-(:class:`~twist_lightning.stacked.StackedSubnets`; ``subnet_batch=1`` runs them one at a time, masked). It
+(:class:`~twist_lightning.stacked.StackedSubnets`; ``subnet_batch=1`` runs them one at a time, masked; the default
+stacks 8 on CUDA and none on a CPU, where stacking measured no faster). It
 prints a table, writes ``eval.json`` (to ``out=FILE``, else the Hydra run dir) and a box plot ``eval.png`` beside it.
 
 ``python -m twist_lightning.evaluate grid=true checkpoints=[a.ckpt,b.ckpt]`` is the robustness grid (paper
@@ -96,7 +97,9 @@ def _mean_nll(model: GPT, batches: Sequence[Batch]) -> float:
     return total / count
 
 
-def _check_subnet_batch(subnet_batch: int) -> None:
+def _check_subnet_batch(subnet_batch: int | None) -> None:
+    if subnet_batch is None:
+        return
     if isinstance(subnet_batch, bool) or not isinstance(subnet_batch, int) or subnet_batch < 1:
         raise ValueError(f"subnet_batch={subnet_batch!r} must be an int >= 1 (1 = one subnet per forward pass).")
 
@@ -136,7 +139,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int | float] | None, samples: int,
                      spec: PartitionSpec, seed: int = 0, importance: bool = True, scale: bool = True,
-                     progress: bool = False, subnet_batch: int = 8) -> dict[str, Any]:
+                     progress: bool = False, subnet_batch: int | None = None) -> dict[str, Any]:
     """Held-out perplexity of the full model and of random / importance subnets at each size.
 
     Every distinct blueprint is evaluated once (the size ``n_head`` subnet of every split layer is the full model,
@@ -154,7 +157,9 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
         importance: Also evaluate the importance-selected subnet per size.
         scale: Run subnets with TwIST's ``sqrt(N_full / N_sub)`` branch scaling (as trained).
         progress: Show a tqdm bar on rank zero.
-        subnet_batch: Subnets per forward pass (memory grows with it: each holds a copy of its split layers).
+        subnet_batch: Subnets per forward pass (memory grows with it: each holds a copy of its split layers);
+            ``None`` = 8 on CUDA, 1 on a CPU (``python -m twist_lightning.bench evaluate`` measured no gain from
+            stacking on a 2-core CPU, where the shared LM head dominates and the FLOPs are the same either way).
 
     Returns:
         ``{"full": {"loss", "ppl"}, "sizes": [{"size", "heads", "ffn", "fraction", "random_ppl": [...],
@@ -167,6 +172,8 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples!r} must be an int >= 1.")
     _check_subnet_batch(subnet_batch)
+    if subnet_batch is None:
+        subnet_batch = 8 if model.lm_head.weight.is_cuda else 1
     spec.check_model(model)
     sizes = resolve_sizes(spec, sizes)
     batches = list(batches)
@@ -284,7 +291,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
                         samples: int = 8, common: Any = "default", seed: int = 0, importance: bool = True,
                         scale: bool = True, split: str = "val", max_batches: int | None = 20,
                         batch_tokens: int = 4096, device: str = "auto", data: dict[str, Any] | None = None,
-                        progress: bool = True, expect: Any = None, subnet_batch: int = 8) -> dict[str, Any]:
+                        progress: bool = True, expect: Any = None, subnet_batch: int | None = None) -> dict[str, Any]:
     """Load ``checkpoint``, rebuild its held-out data and run :func:`evaluate_subnets`; sizes are checked first."""
     _check_subnet_batch(subnet_batch)
     dev = pick_device(device)
@@ -451,7 +458,7 @@ class EvaluateConfig:
     split: str = "val"
     max_batches: Optional[int] = 20
     batch_tokens: int = 4096
-    subnet_batch: int = 8  # same-size subnets per forward pass (1 = one at a time, masked)
+    subnet_batch: Optional[int] = None  # same-size subnets per forward pass; None = 8 on CUDA, 1 on CPU
     device: str = "auto"
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     out: Optional[str] = None  # eval.json (grid: the CSV); default: the Hydra run dir
