@@ -271,14 +271,19 @@ class TwISTStrategy(DDPStrategy):
     @torch.no_grad()
     def sync(self) -> None:
         """Average every parameter over its holders into the central model, then resample."""
-        held = exchange_held([w.held(self.layout) for w in self.workers], self.counter)
-        average_over_holders(self.central, self.layout, held, self.all_indices)
-        if self.optimizer_policy == "carry":
+        carry = self.optimizer_policy == "carry"
+        local = [w.held(self.layout) for w in self.workers]
+        n_held = local[0].numel()
+        if carry:  # values and Adam moments travel in the same all_gather: [values | exp_avg | exp_avg_sq]
+            local = [torch.cat([v, *(self._held_moments(w, key) for key in MOMENTS)])
+                     for w, v in zip(self.workers, local)]
+        parts = [h.split(n_held) for h in exchange_held(local, self.counter)]  # per worker: values(, moments...)
+        average_over_holders(self.central, self.layout, [p[0] for p in parts], self.all_indices)
+        if carry:
             if self.central_moments is None:
                 self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
-            for key, flat in self.central_moments.items():
-                held = exchange_held([self._held_moments(w, key) for w in self.workers], self.counter)
-                average_over_holders(flat, self.layout, held, self.all_indices)
+            for i, key in enumerate(MOMENTS, start=1):
+                average_over_holders(self.central_moments[key], self.layout, [p[i] for p in parts], self.all_indices)
         self.round += 1
         self.step_in_round = 0
         self._start_round(self._draw(self.round))
