@@ -201,13 +201,22 @@ def _hf_pruned(sub: GPT, vocab: CompactVocab | None) -> Any:
         layer_heads=[cfg.heads(i) for i in range(cfg.n_layer)],
         layer_inner=[cfg.ffn_units(i) * cfg.ffn_unit_width for i in range(cfg.n_layer)],
         architectures=["TwISTGPT2LMHeadModel"], **_hf_config_kwargs(sub, vocab))
-    hf = TwISTGPT2LMHeadModel(config).eval()
-    narrow = sub.hf_state_dict()  # Conv1D layout (in, out), branch scales folded into c_proj
+    # every tensor has the subnet's shape already (copy_ would raise otherwise)
+    return _load_subnet(TwISTGPT2LMHeadModel(config).eval(), sub, lambda name, dst, value: dst.copy_(value))
+
+
+def _load_subnet(hf: Any, sub: GPT, place: Any) -> Any:
+    """Write ``sub``'s HF-layout tensors into ``hf`` with ``place(name, dst, value)``; returns ``hf``.
+
+    Values come from :meth:`GPT.hf_state_dict` (Conv1D layout, branch scales folded into ``c_proj``). HF GPT-2
+    always has biases: a bias-free subnet gets zeros, which compute the same.
+    """
+    narrow = sub.hf_state_dict()
     for name, dst in hf.state_dict().items():
         if name in narrow:
-            dst.copy_(narrow[name])  # shapes match by construction; copy_ would raise otherwise
-        elif name.endswith(".bias") and not cfg.bias:
-            dst.zero_()  # HF GPT-2 always has biases; a bias-free model is the same with zeros
+            place(name, dst, narrow[name])
+        elif name.endswith(".bias") and not sub.config.bias:
+            dst.zero_()
         else:
             raise KeyError(f"{name} of the HF model has no counterpart in the subnet's state dict.")
     return hf
@@ -220,18 +229,11 @@ def _hf_padded(sub: GPT, vocab: CompactVocab | None) -> Any:
     n_inner = max(cfg.ffn_units(i) for i in range(cfg.n_layer)) * cfg.ffn_unit_width
     config = GPT2Config(n_inner=None if n_inner == 4 * cfg.n_embd else n_inner, architectures=["GPT2LMHeadModel"],
                         **_hf_config_kwargs(sub, vocab))
-    hf = GPT2LMHeadModel(config).eval()
-    narrow = sub.hf_state_dict()
-    for name, dst in hf.state_dict().items():
-        if name not in narrow:
-            if not (name.endswith(".bias") and not cfg.bias):
-                raise KeyError(f"{name} of the HF model has no counterpart in the subnet's state dict.")
-            dst.zero_()
-            continue
-        value = narrow[name]
+
+    def place(name: str, dst: torch.Tensor, value: torch.Tensor) -> None:
         if ".h." not in name or not (".c_attn." in name or ".c_proj.weight" in name or ".c_fc." in name):
             dst.copy_(value)  # shared shape: embeddings, norms, c_proj biases
-            continue
+            return
         layer = int(name.split(".h.")[1].split(".")[0])
         dst.zero_()
         if ".attn." in name:  # put each kept head back into its own slot
@@ -244,7 +246,8 @@ def _hf_padded(sub: GPT, vocab: CompactVocab | None) -> Any:
             dst[..., : value.shape[-1]].copy_(value)
         else:  # mlp.c_proj.weight (in = hidden, out)
             dst[: value.shape[0]].copy_(value)
-    return hf
+
+    return _load_subnet(GPT2LMHeadModel(config).eval(), sub, place)
 
 
 @torch.no_grad()
@@ -259,15 +262,19 @@ def to_hf(sub: GPT, vocab: CompactVocab | None = None, layout: HFLayout | str = 
     weight and bias (:meth:`GPT.hf_state_dict`). ``vocab`` (the compact vocabulary, if any) sets the end-of-text id.
     Needs ``transformers``.
     """
-    try:
-        import transformers  # noqa: F401
-    except ImportError as err:
-        raise ImportError("hf=true needs transformers: pip install -e '.[hf]'") from err
+    _need_transformers()
     layout = _hf_layout(layout)
     if "blueprint" not in sub.config.extra:
         raise ValueError("to_hf needs a subnet made by partition.extract / export_subnet (config.extra['blueprint'] "
                          "records which units it kept).")
     return (_hf_pruned if layout is HFLayout.pruned else _hf_padded)(sub, vocab)
+
+
+def _need_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError as err:
+        raise ImportError("hf=true needs transformers: pip install -e '.[hf]' (or leave hf=false)") from err
 
 
 def _hf_layout(layout: HFLayout | str) -> HFLayout:
@@ -325,10 +332,7 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
         raise ValueError(f"selector={cfg.selector!r} is not one of {list(SELECTORS)}.")
     layout = _hf_layout(getattr(cfg, "hf_layout", HFLayout.pruned))
     if cfg.hf:
-        try:
-            import transformers  # noqa: F401
-        except ImportError as err:
-            raise ImportError("hf=true needs transformers: pip install -e '.[hf]' (or leave hf=false)") from err
+        _need_transformers()  # before loading anything
     model, vocab, _ = load_gpt(cfg.checkpoint)
     spec = PartitionSpec.from_config(model.config, common=_plain(cfg.common))
     bp = select_blueprint(model, spec, cfg.selector, _plain(cfg.size), cfg.seed, cfg.blueprint)

@@ -76,14 +76,16 @@ def run(cases: list[str] | None = None, samples: int = 8, stack: int = 8, repeat
     rows = [row for name in names for row in _case(*CASES[name], samples, stack, repeats, seed, device)]
     config = {"cases": {n: dict(zip(("preset", "fraction", "batch", "seq_len", "batches"), CASES[n])) for n in names},
               "samples": samples, "subnet_batch": stack, "repeats": repeats, "seed": seed, "stat": "min",
-              "common": "none", "dtype": "float32", "device": device, "step": "evaluate_subnets: full model + samples random subnets"}
+              "common": "none", "dtype": "float32", "device": device,
+              "step": "evaluate_subnets: full model + samples random subnets"}
     return make_report("evaluate", config, rows, [])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI entry: parse ``argv``, run, print the table, write ``--out``; return the report."""
     parser = base_parser("evaluate", __doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=None, help=f"any of {list(CASES)} (default: {' '.join(DEFAULT_CASES)})")
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help=f"any of {list(CASES)} (default: {' '.join(DEFAULT_CASES)})")
     parser.add_argument("--samples", type=int, default=8, help="random subnets per case")
     parser.add_argument("--subnet-batch", type=int, default=8, help="subnets per forward pass of the stacked run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
