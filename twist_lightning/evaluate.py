@@ -89,12 +89,12 @@ def subnet_blueprints(model: GPT, spec: PartitionSpec, size: int | float, sample
 @torch.inference_mode()
 def _mean_nll(model: GPT, batches: Sequence[Batch]) -> float:
     """Token-weighted mean cross-entropy of ``model`` (as it is currently set up) over ``batches``."""
-    total, count = 0.0, 0
-    for x, y in batches:
+    total, count = torch.zeros((), dtype=torch.float64, device=batches[0][1].device), 0  # summed on the device:
+    for x, y in batches:  # no host sync per batch
         _, loss = model(x, y)
-        total += float(loss) * y.numel()  # GPT returns the mean over the batch's tokens
+        total += loss.double() * y.numel()  # GPT returns the mean over the batch's tokens
         count += y.numel()
-    return total / count
+    return float(total) / count
 
 
 def _check_subnet_batch(subnet_batch: int | None) -> None:
@@ -107,11 +107,11 @@ def _check_subnet_batch(subnet_batch: int | None) -> None:
 @torch.inference_mode()
 def _stacked_mean_nll(stack: StackedSubnets, batches: Sequence[Batch]) -> list[float]:
     """:func:`_mean_nll` of every subnet in ``stack``, all in one pass over ``batches``."""
-    total, count = torch.zeros(stack.k, dtype=torch.float64), 0
+    total, count = torch.zeros(stack.k, dtype=torch.float64, device=batches[0][1].device), 0
     for x, y in batches:
-        total += stack.losses(x, y).double().cpu() * y.numel()
+        total += stack.losses(x, y).double() * y.numel()
         count += y.numel()
-    return (total / count).tolist()
+    return (total / count).tolist()  # one host copy at the end
 
 
 def _stacks(blueprints: Iterable[Blueprint], size: int) -> list[list[Blueprint]]:
