@@ -149,17 +149,21 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, sub: LayerSubnet | None = None) -> torch.Tensor:
+        w_proj = self.c_proj.weight if sub is None or sub.proj_cols is None else self.c_proj.weight[:, sub.proj_cols]
+        return self.resid_dropout(F.linear(self.head_outputs(x, sub), w_proj, self.c_proj.bias))
+
+    def head_outputs(self, x: torch.Tensor, sub: LayerSubnet | None = None) -> torch.Tensor:
+        """The active heads' outputs side by side, (B, T, h*hd): what ``c_proj`` reads (pruning calibrates on it)."""
         B, T, _ = x.size()
-        w_attn, b_attn, w_proj, n_head = self.c_attn.weight, self.c_attn.bias, self.c_proj.weight, self.n_head
+        w_attn, b_attn, n_head = self.c_attn.weight, self.c_attn.bias, self.n_head
         if sub is not None and sub.qkv_rows is not None:
             # index-select keeps inactive heads out of the graph: no compute, exactly zero gradient
-            w_attn, w_proj, n_head = w_attn[sub.qkv_rows], w_proj[:, sub.proj_cols], sub.n_heads
+            w_attn, n_head = w_attn[sub.qkv_rows], sub.n_heads
             b_attn = None if b_attn is None else b_attn[sub.qkv_rows]
         q, k, v = F.linear(x, w_attn, b_attn).split(n_head * self.head_dim, dim=2)  # each (B, T, h*hd)
         q, k, v = (t.view(B, T, n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, h, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, n_head * self.head_dim)  # (B, T, h*hd)
-        return self.resid_dropout(F.linear(y, w_proj, self.c_proj.bias))
+        return y.transpose(1, 2).contiguous().view(B, T, n_head * self.head_dim)  # (B, T, h*hd)
 
 
 class MLP(nn.Module):
@@ -172,12 +176,16 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, sub: LayerSubnet | None = None) -> torch.Tensor:
-        w_fc, b_fc, w_proj = self.c_fc.weight, self.c_fc.bias, self.c_proj.weight
+        w_proj = self.c_proj.weight if sub is None or sub.ffn_idx is None else self.c_proj.weight[:, sub.ffn_idx]
+        return self.dropout(F.linear(self.hidden(x, sub), w_proj, self.c_proj.bias))
+
+    def hidden(self, x: torch.Tensor, sub: LayerSubnet | None = None) -> torch.Tensor:
+        """The active FFN groups' activations, (B, T, g*w): what ``c_proj`` reads (pruning calibrates on it)."""
+        w_fc, b_fc = self.c_fc.weight, self.c_fc.bias
         if sub is not None and sub.ffn_idx is not None:
-            w_fc, w_proj = w_fc[sub.ffn_idx], w_proj[:, sub.ffn_idx]
+            w_fc = w_fc[sub.ffn_idx]
             b_fc = None if b_fc is None else b_fc[sub.ffn_idx]
-        h = self.gelu(F.linear(x, w_fc, b_fc))  # (B, T, hidden)
-        return self.dropout(F.linear(h, w_proj, self.c_proj.bias))
+        return self.gelu(F.linear(x, w_fc, b_fc))  # (B, T, hidden)
 
 
 class Block(nn.Module):
