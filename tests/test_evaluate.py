@@ -149,3 +149,35 @@ def test_cli_subprocess(ckpt: Path, tmp_path: Path) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["sizes"][0]["heads"] == 2 and "mean_ppl" in proc.stdout
+
+
+def test_cli_pruning_methods_beside_random_subnets(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "methods" / "eval.json"
+    cfg = compose_eval(f"checkpoint={ckpt}", "sizes=[1,2,4]", "samples=2", "common=none", "max_batches=2",
+                       "method=[random,importance,activation,flap,reconstruct]", "calib_samples=16", f"out={out}")
+    result = run_from_config(cfg)
+    saved = json.loads(out.read_text())
+    assert saved["calibration"] == {"split": "train", "sequences": 16, "tokens": 16 * 32, "seed": 0}
+    for row in saved["sizes"]:
+        assert list(row["methods"]) == ["random", "magnitude", "activation", "flap", "reconstruct"]
+        assert row["methods"]["random"] == row["mean_ppl"]
+        # magnitude pruning is the importance subnet (same units, same scaling), now evaluated physically
+        assert row["methods"]["magnitude"] == pytest.approx(row["importance_ppl"], rel=1e-5)
+        assert all(math.isfinite(p) for p in row["methods"].values())
+    full = saved["sizes"][-1]  # size n_head: every method is the full model, and closes no gap (there is none)
+    assert all(p == pytest.approx(saved["full"]["ppl"], rel=1e-5) for p in full["methods"].values())
+    assert full["gap_closed"]["flap"] is None
+    assert result["sizes"][0]["gap_closed"]["random"] == pytest.approx(0.0)
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_pruning_settings_fail_before_any_work(ckpt: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"method\[1\]='obs' is not a pruning method"):
+        run_from_config(compose_eval(f"checkpoint={ckpt}", "method=[flap,obs]", f"out={tmp_path / 'a.json'}"))
+    with pytest.raises(ValueError, match="structure='global'"):
+        run_from_config(compose_eval(f"checkpoint={ckpt}", "method=[flap]", "structure=global",
+                                     f"out={tmp_path / 'b.json'}"))
+    with pytest.raises(ValueError, match="calib_samples=0"):
+        run_from_config(compose_eval(f"checkpoint={ckpt}", "sizes=[2]", "samples=1", "method=[flap]",
+                                     "calib_samples=0", "max_batches=1", f"out={tmp_path / 'c.json'}"))
+    assert not any((tmp_path / n).exists() for n in ("a.json", "b.json", "c.json"))

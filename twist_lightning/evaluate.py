@@ -7,6 +7,9 @@ split (from the checkpoint's ``datamodule_hyper_parameters``, or ``data.*`` over
 - ``samples`` uniformly random subnets at each size in ``sizes`` (heads = FFN groups per split layer; a float is
   a fraction of ``n_head``; default every size ``1..n_head``),
 - the importance-selected subnet (highest-magnitude units) at each size,
+- with ``method=[flap,reconstruct,...]``, the full model pruned by each post-training method of
+  :mod:`twist_lightning.prune` at each size (calibrated on ``calib_samples`` sequences of the *training* split),
+  with the share of the gap between the random subnets and the full model that each closes,
 
 under ``torch.inference_mode``, ``subnet_batch`` subnets of one size per forward pass
 (:class:`~twist_lightning.stacked.StackedSubnets`; ``subnet_batch=1`` runs them one at a time, masked; the default
@@ -48,6 +51,7 @@ from twist_lightning.checkpoint import check_shape, load_checkpoint, load_gpt
 from twist_lightning.export import check_size
 from twist_lightning.model import GPT
 from twist_lightning.partition import Blueprint, PartitionSpec, importance_blueprint, random_blueprint, subnet
+from twist_lightning.prune import Calibration, Method, Structure, calibrate, calibration_batches, parse_method, prune
 from twist_lightning.stacked import StackedSubnets
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
 from twist_lightning.vocab import CompactVocab
@@ -97,6 +101,21 @@ def _mean_nll(model: GPT, batches: Sequence[Batch]) -> float:
     return float(total) / count
 
 
+def resolve_methods(methods: Sequence[str] | None, key: str = "method") -> list[Method]:
+    """Validate pruning method names up front (``importance`` is an alias of ``magnitude``); duplicates dropped."""
+    if methods is None:
+        return []
+    if isinstance(methods, str):
+        methods = [methods]
+    return list(dict.fromkeys(parse_method(m, key=f"{key}[{i}]") for i, m in enumerate(methods)))
+
+
+def _gap_closed(random_ppl: float, method_ppl: float, full_ppl: float) -> float | None:
+    """Share of the random-subnet-to-full-model PPL gap a method closes (1 = as good as the full model)."""
+    gap = random_ppl - full_ppl
+    return None if not math.isfinite(gap) or abs(gap) < 1e-9 else (random_ppl - method_ppl) / gap
+
+
 def _check_subnet_batch(subnet_batch: int | None) -> None:
     if subnet_batch is None:
         return
@@ -139,7 +158,9 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int | float] | None, samples: int,
                      spec: PartitionSpec, seed: int = 0, importance: bool = True, scale: bool = True,
-                     progress: bool = False, subnet_batch: int | None = None) -> dict[str, Any]:
+                     progress: bool = False, subnet_batch: int | None = None, methods: Sequence[str] = (),
+                     calibration: Calibration | None = None, structure: Structure | str = Structure.uniform,
+                     damp: float = 0.01) -> dict[str, Any]:
     """Held-out perplexity of the full model and of random / importance subnets at each size.
 
     Every distinct blueprint is evaluated once (the size ``n_head`` subnet of every split layer is the full model,
@@ -160,11 +181,18 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
         subnet_batch: Subnets per forward pass (memory grows with it: each holds a copy of its split layers);
             ``None`` = 8 on CUDA, 1 on a CPU (``python -m twist_lightning.bench evaluate`` measured no gain from
             stacking on a 2-core CPU, where the shared LM head dominates and the FLOPs are the same either way).
+        methods: Post-training pruning methods (:class:`~twist_lightning.prune.Method` names) to run at each size
+            on the full model; ``random`` is the random subnets' mean. Each pruned model is evaluated physically.
+        calibration: :func:`~twist_lightning.prune.calibrate` of ``model`` on training-split batches (needed by
+            activation, flap and reconstruct).
+        structure: ``flap``'s allocation (``uniform`` or ``adaptive``); the other methods are always uniform.
+        damp: ``reconstruct``'s ridge term.
 
     Returns:
         ``{"full": {"loss", "ppl"}, "sizes": [{"size", "heads", "ffn", "fraction", "random_ppl": [...],
         "mean_ppl", "std_ppl", "min_ppl", "max_ppl", "importance_ppl", "importance_blueprint"}], "samples",
-        "seed", "common", "scale", "tokens"}``.
+        "seed", "common", "scale", "tokens"}``; with ``methods`` each size also has ``"methods": {name: ppl}``,
+        ``"gap_closed": {name: share}`` and ``"method_blueprints"``.
 
     Raises:
         ValueError: A size outside ``1..n_head`` (before any evaluation), ``samples < 1`` or no batches.
@@ -176,6 +204,8 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
         subnet_batch = 8 if model.lm_head.weight.is_cuda else 1
     spec.check_model(model)
     sizes = resolve_sizes(spec, sizes)
+    methods = resolve_methods(methods)
+    structure = _check_structure(structure)
     batches = list(batches)
     if not batches:
         raise ValueError("no evaluation batches: the held-out split is empty or max_batches=0.")
@@ -198,6 +228,8 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
                 nll.update(zip(group, _stacked_mean_nll(StackedSubnets(model, group, scale=scale), batches)))
             bar.update(len(group))
     nll[Blueprint.full(spec)] = full_nll
+    pruned = _evaluate_methods(model, batches, sizes, methods, spec, seed, scale, calibration, structure, damp,
+                               progress)
     rows = []
     for size, randoms, imp in plan:
         heads, ffn = check_size(spec, size)
@@ -206,8 +238,33 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
                      "random_ppl": ppls, **_stats(ppls),
                      "importance_ppl": _ppl(nll[imp]) if imp else None,
                      "importance_blueprint": imp.to_dict() if imp else None})
+        if methods:
+            found = pruned[heads]
+            rows[-1]["methods"] = {m: (rows[-1]["mean_ppl"] if m == Method.random.value else found[m][0])
+                                   for m in (x.value for x in methods)}
+            rows[-1]["gap_closed"] = {m: _gap_closed(rows[-1]["mean_ppl"], ppl, _ppl(full_nll))
+                                      for m, ppl in rows[-1]["methods"].items()}
+            rows[-1]["method_blueprints"] = {m: found[m][1] for m in found}
     return {"full": {"loss": full_nll, "ppl": _ppl(full_nll)}, "sizes": rows, "samples": samples, "seed": seed,
             "common": list(spec.common), "scale": scale, "tokens": sum(y.numel() for _, y in batches)}
+
+
+def _evaluate_methods(model: GPT, batches: Sequence[Batch], sizes: Sequence[int | float], methods: Sequence[Method],
+                      spec: PartitionSpec, seed: int, scale: bool, calibration: Calibration | None,
+                      structure: Structure, damp: float, progress: bool) -> dict[int, dict[str, tuple[float, Any]]]:
+    """``{heads: {method: (ppl, blueprint dict)}}`` of every non-random pruning method at every size."""
+    out: dict[int, dict[str, tuple[float, Any]]] = {}
+    todo = [m for m in methods if m != Method.random]
+    with _progress(len(todo) * len(sizes), progress and bool(todo), "pruning") as bar:
+        for size in sizes:
+            heads, _ = check_size(spec, size)
+            out[heads] = {}
+            for method in todo:
+                result = prune(model, size, method, calibration, common=list(spec.common), seed=seed, scale=scale,
+                               structure=structure if method == Method.flap else Structure.uniform, damp=damp)
+                out[heads][method.value] = (_ppl(_mean_nll(result.model, batches)), result.blueprint.to_dict())
+                bar.update()
+    return out
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -279,6 +336,24 @@ def collect_batches(dm: Any, split: str, max_batches: int | None, batch_tokens: 
     return [(xb.to(device), yb.to(device)) for xb, yb in zip(x.split(rows), y.split(rows))]
 
 
+def train_calibration(dm: Any, samples: int, seed: int, device: torch.device,
+                      vocab: CompactVocab | None = None) -> list[Batch]:
+    """``samples`` deterministic windows of the datamodule's *training* split for pruning calibration."""
+    if "train" not in dm.datasets:
+        raise ValueError(f"calib_samples: the data has no train split ({sorted(dm.datasets)}); pruning calibrates "
+                         "on training text only. Fix: point data.* at the corpus the model was trained on.")
+    batches = calibration_batches(dm.datasets["train"], samples=samples, seed=seed, device=device)
+    return [(vocab.encode(x), vocab.encode(y)) for x, y in batches] if vocab is not None else batches
+
+
+def _check_structure(structure: Any) -> Structure:
+    try:
+        return Structure(getattr(structure, "value", structure))
+    except ValueError:
+        raise ValueError(f"structure={structure!r} is not one of {[s.value for s in Structure]} (flap's "
+                         "allocation of units over layers).") from None
+
+
 def pick_device(device: str) -> torch.device:
     """``"auto"`` = the GPU when there is one, else the CPU."""
     if device == "auto":
@@ -291,9 +366,20 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
                         samples: int = 8, common: Any = "default", seed: int = 0, importance: bool = True,
                         scale: bool = True, split: str = "val", max_batches: int | None = 20,
                         batch_tokens: int = 4096, device: str = "auto", data: dict[str, Any] | None = None,
-                        progress: bool = True, expect: Any = None, subnet_batch: int | None = None) -> dict[str, Any]:
-    """Load ``checkpoint``, rebuild its held-out data and run :func:`evaluate_subnets`; sizes are checked first."""
+                        progress: bool = True, expect: Any = None, subnet_batch: int | None = None,
+                        methods: Sequence[str] = (), calib_samples: int = 128, calib_seed: int = 0,
+                        structure: str = "uniform", damp: float = 0.01) -> dict[str, Any]:
+    """Load ``checkpoint``, rebuild its held-out data and run :func:`evaluate_subnets`; settings are checked first.
+
+    Pruning ``methods`` calibrate on ``calib_samples`` windows of the *training* split (seeded by ``calib_seed``),
+    never on the held-out split that is scored.
+    """
     _check_subnet_batch(subnet_batch)
+    methods = resolve_methods(methods)
+    structure = _check_structure(structure)
+    if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
+        raise ValueError(f"calib_samples={calib_samples!r} must be an int >= 1 (calibration sequences of the "
+                         "training split for method=[...]).")
     dev = pick_device(device)
     model, vocab, saved = load_gpt(checkpoint, expect=expect)
     spec = PartitionSpec.from_config(model.config, common=common)
@@ -301,19 +387,42 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
     dm, remap = build_datamodule(saved, data or {}, model.config.vocab_size, model.config.block_size, vocab,
                                   str(checkpoint))
     batches = collect_batches(dm, split, max_batches, batch_tokens, dev, vocab if remap else None)
-    rank_zero_info(f"Evaluating {checkpoint}: sizes {sizes} x {samples} random subnets (+ importance) on "
-                   f"{sum(y.numel() for _, y in batches)} {split} tokens, device {dev}")
-    result = evaluate_subnets(model.to(dev), batches, sizes, samples, spec, seed, importance, scale, progress,
-                              subnet_batch)
+    rank_zero_info(f"Evaluating {checkpoint}: sizes {sizes} x {samples} random subnets (+ importance"
+                   f"{''.join(', ' + m.value for m in methods)}) on {sum(y.numel() for _, y in batches)} {split} "
+                   f"tokens, device {dev}")
+    model = model.to(dev)
+    calibration = None
+    if any(m not in (Method.random, Method.magnitude) for m in methods):
+        calib = train_calibration(dm, calib_samples, calib_seed, dev, vocab if remap else None)
+        calibration = calibrate(model, calib, progress=progress)
+    result = evaluate_subnets(model, batches, sizes, samples, spec, seed, importance, scale, progress,
+                              subnet_batch, methods, calibration, structure, damp)
+    if calibration is not None:
+        result["calibration"] = {"split": "train", "sequences": calibration.sequences, "tokens": calibration.tokens,
+                                 "seed": calib_seed}
     data_used = {k: v for k, v in dm.hparams.items()}
     return {"checkpoint": str(checkpoint), "model": model.config.to_dict(), "data": data_used, "split": split,
             "vocab_remapped": remap, "device": str(dev), **result}
 
 
 def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One console/CSV row per size."""
+    """One console/CSV row per size (pruning methods as ``<method>_ppl`` and ``<method>_gap`` columns)."""
     full = result["full"]["ppl"]
-    return [{**{k: r[k] for k in TABLE_COLUMNS if k in r}, "full_ppl": full} for r in result["sizes"]]
+    rows = []
+    for r in result["sizes"]:
+        row = {**{k: r[k] for k in TABLE_COLUMNS if k in r}, "full_ppl": full}
+        for m, ppl in r.get("methods", {}).items():
+            row[f"{m}_ppl"] = ppl
+            gap = r["gap_closed"][m]
+            row[f"{m}_gap"] = None if gap is None or m == Method.random.value else round(gap, 3)
+        rows.append(row)
+    return rows
+
+
+def table_columns(result: dict[str, Any]) -> list[str]:
+    methods = list(result["sizes"][0].get("methods", {})) if result["sizes"] else []
+    extra = [c for m in methods if m != Method.random.value for c in (f"{m}_ppl", f"{m}_gap")]
+    return [*TABLE_COLUMNS, *extra]
 
 
 def plot_boxes(result: dict[str, Any], path: Path) -> None:
@@ -330,6 +439,10 @@ def plot_boxes(result: dict[str, Any], path: Path) -> None:
     imp = [(i + 1, r["importance_ppl"]) for i, r in enumerate(rows) if r["importance_ppl"] is not None]
     if imp:
         ax.scatter(*zip(*imp), marker="x", color="tab:red", zorder=3, label="importance")
+    markers = iter("os^vD<>p")
+    for m in (list(rows[0].get("methods", {})) if rows else []):
+        if m != Method.random.value:
+            ax.plot(range(1, len(rows) + 1), [r["methods"][m] for r in rows], marker=next(markers, "o"), label=m)
     ax.axhline(result["full"]["ppl"], color="tab:green", linestyle="--", label="full model")
     ax.set(xlabel="subnet size (heads = FFN groups per split layer)", ylabel=f"{result['split']} perplexity",
            title=f"{Path(result['checkpoint']).name}: {result['samples']} random subnets per size")
@@ -459,6 +572,11 @@ class EvaluateConfig:
     max_batches: Optional[int] = 20
     batch_tokens: int = 4096
     subnet_batch: Optional[int] = None  # same-size subnets per forward pass; None = 8 on CUDA, 1 on CPU
+    method: list[str] = field(default_factory=list)  # pruning baselines: random|magnitude|activation|flap|reconstruct
+    calib_samples: int = 128  # calibration sequences from the *training* split
+    calib_seed: int = 0
+    structure: str = "uniform"  # flap's allocation: uniform | adaptive
+    damp: float = 0.01  # reconstruct's ridge term (a fraction of the mean covariance diagonal)
     device: str = "auto"
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     out: Optional[str] = None  # eval.json (grid: the CSV); default: the Hydra run dir
@@ -486,7 +604,9 @@ def run_from_config(cfg: Any) -> dict[str, Any]:
     """Run the evaluation (or the grid) an :class:`EvaluateConfig` describes; write and print the results."""
     c = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg.__dict__)
     kwargs = {k: c[k] for k in ("sizes", "samples", "common", "seed", "importance", "scale", "split", "max_batches",
-                                "batch_tokens", "subnet_batch", "device", "progress")}
+                                "batch_tokens", "subnet_batch", "device", "progress", "calib_samples",
+                                "calib_seed", "structure", "damp")}
+    kwargs["methods"] = c["method"]
     kwargs["data"] = c["data"] if isinstance(c["data"], dict) else dict(c["data"].__dict__)
     if c["grid"]:
         return _run_grid(c, kwargs)
@@ -498,7 +618,8 @@ def run_from_config(cfg: Any) -> dict[str, Any]:
     out.write_text(json.dumps(result, indent=2) + "\n")
     if c["plot"]:
         plot_boxes(result, out.with_suffix(".png"))
-    _print_table(table_rows(result), TABLE_COLUMNS, f"{result['split']} PPL, {result['tokens']} tokens -> {out}")
+    _print_table(table_rows(result), table_columns(result),
+                 f"{result['split']} PPL, {result['tokens']} tokens -> {out}")
     return result
 
 
