@@ -237,3 +237,43 @@ def test_inference_bench_hf_rows(tmp_path: Path) -> None:
         assert rows[f"hf {name}"]["params_M"] == rows[name]["params_M"]
         assert rows[f"hf {name}"]["flop_ratio"] == rows[name]["flop_ratio"]
     assert rows["hf dense"]["speedup"] == 1.0 and [t["name"][:6] for t in report["targets"]] == ["2/4 ba", "hf 2/4"]
+
+
+@pytest.mark.parametrize("method", ["flap", "reconstruct"])
+def test_export_pruned_model_reloads_with_the_same_logits(tmp_path: Path, method: str) -> None:
+    from twist_lightning.checkpoint import load_gpt
+    from twist_lightning.evaluate import build_datamodule, train_calibration
+    from twist_lightning.prune import calibrate, prune
+
+    ckpt = fit_tiny_checkpoint(tmp_path)
+    out = tmp_path / "pruned"
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("export", overrides=[f"checkpoint={ckpt}", "size=2", f"method={method}", "calib_samples=16",
+                                           f"out={out}", f"hf={HAS_HF}"])
+        summary = export_from_config(cfg)
+        bad = compose("export", overrides=[f"checkpoint={ckpt}", "size=2", "method=obs", f"out={tmp_path / 'b'}"])
+    assert summary["param_ratio"] < 1.0
+    sub = load_exported(out)
+    assert sub.config.extra["export"]["method"] == method and sub.config.attn_scale[1] == 1.0
+    # the same pruning done in Python gives the same model: the export stored the re-fitted weights, not a subnet
+    model, vocab, saved = load_gpt(ckpt)
+    dm, _ = build_datamodule(saved, {}, model.config.vocab_size, model.config.block_size, vocab)
+    calib = calibrate(model, train_calibration(dm, 16, 0, torch.device("cpu")))
+    ref = prune(model, 2, method, calib).model
+    idx = torch.randint(0, sub.config.vocab_size, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(sub(idx)[0], ref(idx)[0])
+        from twist_lightning.partition import extract
+
+        plain = extract(model, prune(model, 2, method, calib).blueprint, scale=False)
+        assert not torch.allclose(sub(idx)[0], plain(idx)[0])  # the kept weights were changed
+    if HAS_HF:
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf", trust_remote_code=True).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(hf(idx).logits, sub(idx)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="method='obs' is not a pruning method"):
+        export_from_config(bad)
+    assert not (tmp_path / "b").exists()

@@ -27,6 +27,12 @@ Examples::
     python -m twist_lightning.export checkpoint=last.ckpt size=0.5 selector=importance common=none out=e hf=true
     python -m twist_lightning.export checkpoint=last.ckpt size=2 out=e hf=true hf_layout=padded
     python -m twist_lightning.export checkpoint=last.ckpt selector=explicit blueprint=bp.json out=e
+    python -m twist_lightning.export checkpoint=last.ckpt size=6 method=flap out=e hf=true
+
+**Pruned baselines.** ``method=random|magnitude|activation|flap|reconstruct`` writes the full model pruned by a
+post-training method of :mod:`twist_lightning.prune` instead of a TwIST subnet (calibrated on ``calib_samples``
+sequences of the checkpoint's *training* split; flap and reconstruct also change the kept weights), in the same
+folder format, so either can be shipped and compared.
 """
 
 from __future__ import annotations
@@ -131,7 +137,13 @@ def export_subnet(model: GPT, blueprint: Blueprint, out_dir: str | os.PathLike[s
     Returns:
         The extracted subnet (on ``model``'s device, in eval mode).
     """
-    sub = extract(model, blueprint, scale=scale).eval()
+    return write_export(extract(model, blueprint, scale=scale), out_dir, vocab, metadata)
+
+
+def write_export(sub: GPT, out_dir: str | os.PathLike[str], vocab: CompactVocab | None = None,
+                 metadata: dict[str, Any] | None = None) -> GPT:
+    """Write the physical GPT ``sub`` (an extracted subnet or a pruned model) as an export folder; returns it."""
+    sub = sub.eval()
     sub.config.extra = {**sub.config.extra, "export": {"format": FORMAT, **(metadata or {})}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,6 +327,11 @@ class ExportConfig:
     scale: bool = True
     hf: bool = False
     hf_layout: HFLayout = HFLayout.pruned
+    method: Optional[str] = None  # a pruning baseline instead of a subnet: random|magnitude|activation|flap|reconstruct
+    calib_samples: int = 128  # method's calibration sequences, from the checkpoint's training split
+    calib_seed: int = 0
+    structure: str = "uniform"  # method=flap: uniform | adaptive
+    damp: float = 0.01  # method=reconstruct's ridge term
 
 
 def register_configs() -> None:
@@ -333,12 +350,53 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
     layout = _hf_layout(getattr(cfg, "hf_layout", HFLayout.pruned))
     if cfg.hf:
         _need_transformers()  # before loading anything
+    method = getattr(cfg, "method", None)
+    if method is not None:
+        return _export_pruned(cfg, layout)
     model, vocab, _ = load_gpt(cfg.checkpoint)
     spec = PartitionSpec.from_config(model.config, common=_plain(cfg.common))
     bp = select_blueprint(model, spec, cfg.selector, _plain(cfg.size), cfg.seed, cfg.blueprint)
     meta = {"checkpoint": str(cfg.checkpoint), "selector": cfg.selector, "size": _plain(cfg.size),
             "seed": cfg.seed, "common": list(spec.common), "scale": cfg.scale}
     sub = export_subnet(model, bp, cfg.out, vocab=vocab, scale=cfg.scale, metadata=meta)
+    return _finish(cfg, layout, model, sub, bp, vocab)
+
+
+def _export_pruned(cfg: Any, layout: HFLayout) -> dict[str, Any]:
+    """``method=...``: prune the checkpoint's full model with a post-training method and export the result."""
+    from twist_lightning.checkpoint import load_gpt
+    from twist_lightning.evaluate import build_datamodule, train_calibration
+    from twist_lightning.prune import NEEDS_DATA, calibrate, parse_method, prune
+
+    method = parse_method(cfg.method)  # before loading anything
+    if cfg.selector == "explicit":
+        raise ValueError(f"method={method.value} chooses its own units; drop selector=explicit (or method).")
+    if cfg.size is None:
+        raise ValueError(f"method={method.value} needs size=N (heads = FFN groups kept per split layer).")
+    if isinstance(cfg.calib_samples, bool) or not isinstance(cfg.calib_samples, int) or cfg.calib_samples < 1:
+        raise ValueError(f"calib_samples={cfg.calib_samples!r} must be an int >= 1.")
+    model, vocab, saved = load_gpt(cfg.checkpoint)
+    spec = PartitionSpec.from_config(model.config, common=_plain(cfg.common))
+    check_size(spec, _plain(cfg.size))
+    calibration = None
+    if method in NEEDS_DATA:
+        dm, remap = build_datamodule(saved, {}, model.config.vocab_size, model.config.block_size, vocab,
+                                     str(cfg.checkpoint))
+        batches = train_calibration(dm, cfg.calib_samples, cfg.calib_seed, torch.device("cpu"),
+                                    vocab if remap else None)
+        calibration = calibrate(model, batches, progress=True)
+    result = prune(model, _plain(cfg.size), method, calibration, common=list(spec.common), seed=cfg.seed,
+                   scale=cfg.scale, structure=cfg.structure, damp=cfg.damp, progress=True)
+    meta = {"checkpoint": str(cfg.checkpoint), "method": method.value, "size": _plain(cfg.size),
+            "common": list(spec.common), **result.info}
+    meta["blueprint"] = result.blueprint.to_dict()
+    sub = write_export(result.model, cfg.out, vocab, meta)
+    return _finish(cfg, layout, model, sub, result.blueprint, vocab)
+
+
+def _finish(cfg: Any, layout: HFLayout, model: GPT, sub: GPT, bp: Blueprint, vocab: CompactVocab | None
+            ) -> dict[str, Any]:
+    """The ``hf=true`` folder and the summary, for subnets and pruned models alike."""
     if cfg.hf:
         export_hf(sub, Path(cfg.out) / HF_DIR, vocab, layout)
     full_params, sub_params = model.num_params(False), sub.num_params(False)
