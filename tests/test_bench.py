@@ -56,3 +56,16 @@ def test_evaluate_bench_tiny(tmp_path: Path) -> None:
     assert one["speedup"] == 1.0 and stacked["speedup"] == pytest.approx(one["time_s"] / stacked["time_s"])
     with pytest.raises(ValueError, match="unknown"):
         main(["evaluate", "--cases", "huge"])
+
+
+def test_prune_bench_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "prune.json"
+    assert main(["prune", "--preset", "tiny", "--samples", "8", "--seq-len", "16", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["bench"] == "prune" and report["config"]["calibration_tokens"] == 8 * 16
+    rows = {r["method"]: r for r in report["rows"]}
+    assert list(rows) == ["random", "magnitude", "activation", "flap", "reconstruct"]
+    assert rows["random"]["calibration_s"] == 0.0 and rows["flap"]["calibration_s"] > 0.0  # the shared pass
+    assert all(r["total_s"] == pytest.approx(r["calibration_s"] + r["method_s"]) for r in rows.values())
+    assert all(r["params_ratio"] < 1.0 for r in rows.values())
+    assert len(report["targets"]) == 5 and all(t["target"] == "<= 300" for t in report["targets"])

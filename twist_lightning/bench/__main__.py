@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "strategy": "twist_lightning.bench.strategy",
     "inference": "twist_lightning.bench.inference",
     "evaluate": "twist_lightning.bench.evaluate",
+    "prune": "twist_lightning.bench.prune",
 }
 
 
