@@ -60,7 +60,7 @@ def test_evaluate_bench_tiny(tmp_path: Path) -> None:
 
 def test_prune_bench_tiny(tmp_path: Path) -> None:
     out = tmp_path / "prune.json"
-    assert main(["prune", "--preset", "tiny", "--samples", "8", "--seq-len", "16", "--out", str(out)]) == 0
+    assert main(["prune", "--preset", "tiny", "--samples", "8", "--seq-len", "16", "--common", "none", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["bench"] == "prune" and report["config"]["calibration_tokens"] == 8 * 16
     rows = {r["method"]: r for r in report["rows"]}

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samples", type=int, default=128, help="calibration sequences")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence")
     parser.add_argument("--size", type=float, default=0.5, help="units kept per split layer (fraction of n_head)")
+    parser.add_argument("--common", default="default", help="layers kept whole: default (first, last) or none")
     parser.add_argument("--methods", default=",".join(m.value for m in Method), help="comma-separated methods")
     args = parser.parse_args(argv)
     if args.threads:
@@ -49,14 +50,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, targets = [], []
     for method in methods:
         start = time.perf_counter()
-        result = prune(model, args.size, method, calib)
+        result = prune(model, args.size, method, calib, common=args.common)
         own = time.perf_counter() - start
         shared = calib_s if method in NEEDS_DATA else 0.0
         rows.append({"method": method.value, "calibration_s": shared, "method_s": own, "total_s": shared + own,
                      "params_ratio": result.model.num_params() / model.num_params()})
         targets.append(target(f"{method.value} total seconds ({args.preset}, {args.samples} x {seq_len} tokens)",
                               shared + own, f"<= {TARGET_S:g}", shared + own <= TARGET_S))
-    config = {"preset": args.preset, "samples": args.samples, "seq_len": seq_len, "size": args.size,
+    config = {"preset": args.preset, "common": args.common, "samples": args.samples, "seq_len": seq_len, "size": args.size,
               "calibration_tokens": calib.tokens, "load_average_before": load_before,
               "load_average_after": os.getloadavg()}
     report = make_report("prune", config, rows, targets)
