@@ -238,3 +238,13 @@ def test_bad_models_and_calibration_fail_clearly(setup):
         calibration_batches(_Windows(0), samples=8)
     with pytest.raises(ValueError, match="calib_samples=0"):
         calibration_batches(_Windows(4), samples=0)
+
+
+def test_flap_without_compensation_keeps_its_units_and_scales_like_random(setup):
+    model, _, calib = setup
+    with_comp, without = prune(model, 2, "flap", calib), prune(model, 2, "flap", calib, compensate=False)
+    assert with_comp.blueprint == without.blueprint
+    assert with_comp.model.config.attn_scale[1] == 1.0 and without.model.config.attn_scale[1] > 1.0
+    assert extract(model, without.blueprint).state_dict().keys() == without.model.state_dict().keys()
+    for k, v in extract(model, without.blueprint).state_dict().items():
+        assert torch.equal(v, without.model.state_dict()[k]), k

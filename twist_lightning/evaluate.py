@@ -160,7 +160,7 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
                      spec: PartitionSpec, seed: int = 0, importance: bool = True, scale: bool = True,
                      progress: bool = False, subnet_batch: int | None = None, methods: Sequence[str] = (),
                      calibration: Calibration | None = None, structure: Structure | str = Structure.uniform,
-                     damp: float = 0.01) -> dict[str, Any]:
+                     damp: float = 0.01, flap_compensate: bool = True) -> dict[str, Any]:
     """Held-out perplexity of the full model and of random / importance subnets at each size.
 
     Every distinct blueprint is evaluated once (the size ``n_head`` subnet of every split layer is the full model,
@@ -187,6 +187,7 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
             activation, flap and reconstruct).
         structure: ``flap``'s allocation (``uniform`` or ``adaptive``); the other methods are always uniform.
         damp: ``reconstruct``'s ridge term.
+        flap_compensate: ``flap``'s bias compensation (``False``: FLAP's units, scaled like random subnets).
 
     Returns:
         ``{"full": {"loss", "ppl"}, "sizes": [{"size", "heads", "ffn", "fraction", "random_ppl": [...],
@@ -229,7 +230,7 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
             bar.update(len(group))
     nll[Blueprint.full(spec)] = full_nll
     pruned = _evaluate_methods(model, batches, sizes, methods, spec, seed, scale, calibration, structure, damp,
-                               progress)
+                               flap_compensate, progress)
     rows = []
     for size, randoms, imp in plan:
         heads, ffn = check_size(spec, size)
@@ -251,7 +252,8 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
 
 def _evaluate_methods(model: GPT, batches: Sequence[Batch], sizes: Sequence[int | float], methods: Sequence[Method],
                       spec: PartitionSpec, seed: int, scale: bool, calibration: Calibration | None,
-                      structure: Structure, damp: float, progress: bool) -> dict[int, dict[str, tuple[float, Any]]]:
+                      structure: Structure, damp: float, flap_compensate: bool, progress: bool
+                      ) -> dict[int, dict[str, tuple[float, Any]]]:
     """``{heads: {method: (ppl, blueprint dict)}}`` of every non-random pruning method at every size."""
     out: dict[int, dict[str, tuple[float, Any]]] = {}
     todo = [m for m in methods if m != Method.random]
@@ -261,7 +263,8 @@ def _evaluate_methods(model: GPT, batches: Sequence[Batch], sizes: Sequence[int 
             out[heads] = {}
             for method in todo:
                 result = prune(model, size, method, calibration, common=list(spec.common), seed=seed, scale=scale,
-                               structure=structure if method == Method.flap else Structure.uniform, damp=damp)
+                               structure=structure if method == Method.flap else Structure.uniform, damp=damp,
+                               compensate=flap_compensate)
                 out[heads][method.value] = (_ppl(_mean_nll(result.model, batches)), result.blueprint.to_dict())
                 bar.update()
     return out
@@ -368,7 +371,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
                         batch_tokens: int = 4096, device: str = "auto", data: dict[str, Any] | None = None,
                         progress: bool = True, expect: Any = None, subnet_batch: int | None = None,
                         methods: Sequence[str] = (), calib_samples: int = 128, calib_seed: int = 0,
-                        structure: str = "uniform", damp: float = 0.01) -> dict[str, Any]:
+                        structure: str = "uniform", damp: float = 0.01, flap_compensate: bool = True
+                        ) -> dict[str, Any]:
     """Load ``checkpoint``, rebuild its held-out data and run :func:`evaluate_subnets`; settings are checked first.
 
     Pruning ``methods`` calibrate on ``calib_samples`` windows of the *training* split (seeded by ``calib_seed``),
@@ -396,7 +400,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
         calib = train_calibration(dm, calib_samples, calib_seed, dev, vocab if remap else None)
         calibration = calibrate(model, calib, progress=progress)
     result = evaluate_subnets(model, batches, sizes, samples, spec, seed, importance, scale, progress,
-                              subnet_batch, methods, calibration, structure, damp)
+                              subnet_batch, methods, calibration, structure, damp, flap_compensate)
     if calibration is not None:
         result["calibration"] = {"split": "train", "sequences": calibration.sequences, "tokens": calibration.tokens,
                                  "seed": calib_seed}
@@ -577,6 +581,7 @@ class EvaluateConfig:
     calib_seed: int = 0
     structure: str = "uniform"  # flap's allocation: uniform | adaptive
     damp: float = 0.01  # reconstruct's ridge term (a fraction of the mean covariance diagonal)
+    flap_compensate: bool = True  # flap's bias compensation; false = FLAP's units with the random subnets' scaling
     device: str = "auto"
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     out: Optional[str] = None  # eval.json (grid: the CSV); default: the Hydra run dir
@@ -605,7 +610,7 @@ def run_from_config(cfg: Any) -> dict[str, Any]:
     c = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg.__dict__)
     kwargs = {k: c[k] for k in ("sizes", "samples", "common", "seed", "importance", "scale", "split", "max_batches",
                                 "batch_tokens", "subnet_batch", "device", "progress", "calib_samples",
-                                "calib_seed", "structure", "damp")}
+                                "calib_seed", "structure", "damp", "flap_compensate")}
     kwargs["methods"] = c["method"]
     kwargs["data"] = c["data"] if isinstance(c["data"], dict) else dict(c["data"].__dict__)
     if c["grid"]:

@@ -75,7 +75,6 @@ class Method(str, Enum):
 
 ALIASES = {"importance": Method.magnitude}  # the name evaluate/export used before the pruning module
 NEEDS_DATA = (Method.activation, Method.flap, Method.reconstruct)
-COMPENSATES = (Method.flap, Method.reconstruct)  # these fix the output themselves: no sqrt(N/n) branch scaling
 
 
 class Structure(str, Enum):
@@ -400,7 +399,7 @@ class PruneResult:
 
 def prune(model: GPT, size: int | float, method: Method | str = Method.flap, calibration: Calibration | None = None,
           common: Any = "default", seed: int = 0, scale: bool = True, structure: Structure | str = Structure.uniform,
-          damp: float = 0.01, progress: bool = False) -> PruneResult:
+          damp: float = 0.01, compensate: bool = True, progress: bool = False) -> PruneResult:
     """Prune the full-size ``model`` to ``size`` heads = FFN groups per split layer with ``method``.
 
     Args:
@@ -417,6 +416,9 @@ def prune(model: GPT, size: int | float, method: Method | str = Method.flap, cal
         structure: ``uniform`` (``size`` units in every split layer) or ``adaptive`` (FLAP's global allocation:
             the same total, layers differ; flap only).
         damp: reconstruct's ridge term, relative to the mean diagonal of the covariance (SparseGPT's 1%).
+        compensate: flap's bias compensation (FLAP's own method). ``False`` keeps FLAP's units and structure but
+            gives the kept units the ``scale`` branch scaling instead, like the methods that do not re-fit (a
+            diagnostic: on the measured data-parallel model the compensation of the FFN branch hurt).
         progress: tqdm bars for calibration-heavy steps.
 
     Returns:
@@ -441,9 +443,9 @@ def prune(model: GPT, size: int | float, method: Method | str = Method.flap, cal
     if method in NEEDS_DATA and calibration is None:
         raise ValueError(f"method={method.value} needs calibration data: pass calibration=calibrate(model, batches) "
                          "with calib_samples sequences of the training split.")
-    if method == Method.flap and not model.config.bias:
+    if method == Method.flap and compensate and not model.config.bias:
         raise ValueError("method=flap folds removed units into c_proj.bias, but this model has bias=False; use "
-                         "method=reconstruct or activation.")
+                         "method=reconstruct, or flap with compensate=False (flap_compensate=false).")
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < 1:
         raise ValueError(f"damp={damp!r} must be in [0, 1) (a fraction of the mean covariance diagonal).")
     model.eval()
@@ -452,13 +454,14 @@ def prune(model: GPT, size: int | float, method: Method | str = Method.flap, cal
     else:
         heads, ffn = method_scores(model, method, calibration)
         bp = _select(spec, heads, ffn, n_heads, n_ffn, structure)
-    sub = extract(model, bp, scale=scale and method not in COMPENSATES).eval()
-    if method == Method.flap:
+    compensating = method == Method.reconstruct or (method == Method.flap and compensate)
+    sub = extract(model, bp, scale=scale and not compensating).eval()
+    if method == Method.flap and compensate:
         _compensate_bias(sub, model, bp, calibration)
     elif method == Method.reconstruct:
         _refit(sub, model, bp, calibration, float(damp), progress)
     info = {"method": method.value, "size": size, "heads": n_heads, "ffn": n_ffn, "structure": structure.value,
-            "scaled": scale and method not in COMPENSATES, "common": list(spec.common),
+            "scaled": scale and not compensating, "common": list(spec.common),
             "units_removed": removed_fraction(bp)}
     if calibration is not None and method in NEEDS_DATA:
         info.update(calib_sequences=calibration.sequences, calib_tokens=calibration.tokens)
@@ -466,6 +469,8 @@ def prune(model: GPT, size: int | float, method: Method | str = Method.flap, cal
         info["seed"] = seed
     if method == Method.reconstruct:
         info["damp"] = damp
+    if method == Method.flap:
+        info["compensate"] = bool(compensate)
     return PruneResult(model=sub, blueprint=bp, method=method, info=info)
 
 
