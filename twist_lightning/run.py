@@ -36,7 +36,7 @@ from twist_lightning.partition import PartitionSpec
 from twist_lightning.progress import step_progress_bar
 from twist_lightning.strategy import TwISTStrategy
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
-from twist_lightning.validate import check_resume, check_train_settings
+from twist_lightning.validate import check_out_folder, check_resume, check_train_settings
 
 register_configs()
 
@@ -234,6 +234,17 @@ def _alias_true_variant(argv: list[str]) -> list[str]:
     return ["twist=physical" if arg in ("twist=true", "twist=True") else arg for arg in argv]
 
 
+def _check_run_dir(argv: list[str]) -> None:
+    """Hydra creates the run folder before ``train`` runs; a file there would fail as a raw FileExistsError."""
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            try:
+                check_out_folder("hydra.run.dir", arg.split("=", 1)[1])
+            except ValueError as err:
+                raise SystemExit(f"Error: {err}") from None  # exit 1 with the message, as Hydra does for its own
+
+
 if __name__ == "__main__":
     sys.argv = _alias_true_variant(sys.argv)
+    _check_run_dir(sys.argv[1:])
     main()

@@ -95,6 +95,8 @@ def _check_schedule(module: Mapping[str, Any], trainer: Mapping[str, Any]) -> No
 
 def _check_twist(twist: Mapping[str, Any], trainer: Mapping[str, Any]) -> None:
     check_count("twist.eval_subnets", twist.get("eval_subnets", 0), minimum=0, fix="use 0 to skip it, or e.g. 4")
+    for key in ("sync_every", "workers_per_process"):  # divisors: run.build_strategy splits the batch by the latter
+        check_count(f"twist.{key}", twist.get(key, 1))
     variant = str(twist.get("variant", "none"))
     max_steps, every = trainer.get("max_steps", -1), twist.get("sync_every")
     if variant != "none" and _is_int(max_steps) and max_steps > 0 and _is_int(every) and every > max_steps:
@@ -180,7 +182,7 @@ def check_out_folder(key: str, path: str | os.PathLike[str] | None) -> None:
         return
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
-        fail(key, str(path), "already exists as a file, not a folder", f"choose a new folder, e.g. {key}={p}_export")
+        fail(key, str(path), "already exists as a file, not a folder", "remove that file or choose another folder")
     check_out_file(key, p / "x")  # parents only; p itself is a folder or absent
 
 
