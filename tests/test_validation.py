@@ -80,7 +80,7 @@ TRAIN_CASES = [
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
     (["trainer.val_check_interval=0"], "trainer.val_check_interval"),
     (["trainer.val_check_interval=50"], "trainer.val_check_interval"),  # more than the 20 steps: never validates
-    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
+    (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps"),
     (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches"),
     (["trainer.gradient_clip_val=-1.0"], "trainer.gradient_clip_val"),
@@ -92,7 +92,7 @@ TRAIN_CASES = [
     (["model.n_head=3"], "model.n_head"),  # 32 is not divisible by 3
     (["model.n_embd=0"], "model.n_embd"),
     (["model.dropout=1.5"], "model.dropout"),
-    (["model.block_size=0", "data.block_size=1"], "model.block_size"),
+    (["model.block_size=0"], "model.block_size"),
     (["model.vocab_size=1"], "model.vocab_size"),
     (["model.ffn_groups=0"], "model.ffn_groups"),
     (["data.block_size=64"], "data.block_size"),  # longer than model.block_size=32: failed at step 1 before
