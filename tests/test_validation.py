@@ -31,6 +31,7 @@ from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
 from twist_lightning.run import train
 from twist_lightning.strategy import TwISTStrategy
+from twist_lightning.validate import check_train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = GPTConfig.from_preset("tiny")  # experiment=smoke's model
@@ -79,7 +80,7 @@ TRAIN_CASES = [
     (["trainer.max_steps=0"], "trainer.max_steps"),
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
     (["trainer.val_check_interval=0"], "trainer.val_check_interval"),
-    (["trainer.val_check_interval=50"], "trainer.val_check_interval"),  # more than the 20 steps: never validates
+    (["trainer.val_check_interval=-0.5"], "trainer.val_check_interval"),
     (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps"),
     (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches"),
@@ -116,7 +117,7 @@ TRAIN_CASES = [
     (["module.optimizer=lion"], "module.optimizer"),
     (["twist=masked"], "twist.common"),  # 2 layers, both common by default: nothing to split
     (["twist=masked", "twist.common=none", "twist.sync_every=0"], "twist.sync_every"),
-    (["twist=masked", "twist.common=none", "twist.sync_every=50"], "twist.sync_every"),  # never resamples
+    (["twist=masked", "twist.common=[0]", "twist.n_sub=0.1"], "twist.n_sub"),  # rounds to 0 heads
     (["twist=masked", "twist.common=none", "twist.workers_per_process=0"], "twist.workers_per_process"),
     (["twist=masked", "twist.common=none", "twist.workers_per_process=3"], "twist.workers_per_process"),
     (["twist=masked", "twist.common=none", "twist.n_sub=9"], "twist.n_sub"),
@@ -249,6 +250,11 @@ def test_cli_exits_non_zero_with_the_key_and_no_traceback(files):
     proc = subprocess.run([sys.executable, "-m", "twist_lightning.run", f"hydra.run.dir={files['a_file']}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "hydra.run.dir=" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_sync_interval_longer_than_the_run_warns_that_subnets_are_never_resampled():
+    with pytest.warns(UserWarning, match="twist.sync_every=50 .*never"):
+        check_train_settings({"trainer": {"max_steps": 20}, "twist": {"variant": "masked", "sync_every": 50}})
 
 
 def test_at_least_forty_distinct_bad_inputs():

@@ -181,7 +181,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_trainer_keys(trainer_cfg)
     check_launcher(trainer_cfg)
-    check_train_settings(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    # only the groups it checks: the logger's paths interpolate Hydra's run folder, unset outside a Hydra run
+    check_train_settings({k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
+                          for k in ("trainer", "model", "data", "module", "twist")})
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     L.seed_everything(cfg.seed, workers=True)
 
