@@ -122,3 +122,24 @@ def test_cli_divergence_exits_non_zero_with_valid_json_and_keeps_the_finite_chec
     assert summary["diverged"] is True and summary["global_step"] < 20
     last = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert 0 < last["global_step"] <= summary["global_step"] and not non_finite_tensors(last["state_dict"])
+
+
+def test_evaluate_reports_a_diverged_model_instead_of_crashing(tmp_path):
+    from twist_lightning.evaluate import evaluate_subnets
+    from twist_lightning.io import write_json
+    from twist_lightning.model import GPT
+    from twist_lightning.partition import PartitionSpec
+
+    model = GPT(GPTConfig(**TINY))
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[0].fill_(math.nan)  # one unit of FFN group 0 in layer 1
+    batches = [(x, y) for x, y in loader(n=8)]
+    spec = PartitionSpec.from_config(model.config, common="none")
+    with pytest.warns(UserWarning, match="diverged"):
+        result = evaluate_subnets(model, batches, sizes=[1, 2], samples=4, spec=spec, seed=0, importance=False)
+    assert result["full"]["diverged"] and math.isnan(result["full"]["ppl"])
+    one, two = result["sizes"]
+    assert two["diverged"] == 4 and math.isnan(two["mean_ppl"])  # every 2/2 subnet holds the NaN unit
+    assert 0 < one["diverged"] < 4 and math.isfinite(one["mean_ppl"])  # the subnets without it are fine
+    write_json(tmp_path / "eval.json", result)
+    assert json.loads((tmp_path / "eval.json").read_text())["full"]["ppl"] is None
