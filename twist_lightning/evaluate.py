@@ -209,7 +209,8 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
                      "importance_ppl": _ppl(nll[imp]) if imp else None,
                      "importance_blueprint": imp.to_dict() if imp else None})
     _warn_diverged(full_nll, rows)
-    return {"full": {"loss": full_nll, "ppl": _ppl(full_nll), "diverged": not math.isfinite(full_nll)}, "sizes": rows, "samples": samples, "seed": seed,
+    full = {"loss": full_nll, "ppl": _ppl(full_nll), "diverged": not math.isfinite(full_nll)}
+    return {"full": full, "sizes": rows, "samples": samples, "seed": seed,
             "common": list(spec.common), "scale": scale, "tokens": sum(y.numel() for _, y in batches)}
 
 

@@ -30,6 +30,9 @@ from twist_lightning.strategy import TwISTStrategy
 __all__ = ["DivergenceError", "DivergenceGuard", "check_finite_model", "divergence_hint", "finite_stats"]
 
 
+_KEPT = "The last checkpoint written before this step is kept."
+
+
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss or non-finite weights."""
 
@@ -75,8 +78,7 @@ class DivergenceGuard(Callback):
         if not math.isfinite(value):
             raise DivergenceError(f"train/loss is {value} at step {trainer.global_step + 1} (trainer.global_step="
                                   f"{trainer.global_step}, batch {trainer.fit_loop.epoch_loop.batch_idx}): the run "
-                                  f"diverged and was stopped. {divergence_hint(pl_module, trainer)} The last checkpoint "
-                                  "written before this step is kept.")
+                                  f"diverged and was stopped. {divergence_hint(pl_module, trainer)} {_KEPT}")
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -87,8 +89,7 @@ class DivergenceGuard(Callback):
         if strategy.step_in_round == 0 and strategy.round > 0 and not bool(torch.isfinite(strategy.central).all()):
             raise DivergenceError(f"the central model is non-finite after TwIST sync {strategy.round} (step "
                                   f"{trainer.global_step}): the run diverged and was stopped. "
-                                  f"{divergence_hint(pl_module, trainer)} The last checkpoint written before this step is "
-                                  "kept.")
+                                  f"{divergence_hint(pl_module, trainer)} {_KEPT}")
 
 
 def finite_stats(values: list[float]) -> dict[str, float | int]:

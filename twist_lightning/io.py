@@ -33,8 +33,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from typing_extensions import override
 
-__all__ = ["AtomicCheckpointIO", "NonFiniteCheckpointError", "atomic_files", "atomic_path", "finite_json", "non_finite_tensors",
-           "write_bytes", "write_json", "write_text"]
+__all__ = ["AtomicCheckpointIO", "NonFiniteCheckpointError", "atomic_files", "atomic_path", "finite_json",
+           "non_finite_tensors", "write_bytes", "write_json", "write_text"]
 
 
 class NonFiniteCheckpointError(RuntimeError):
