@@ -30,7 +30,7 @@ from twist_lightning.strategy import TwISTStrategy
 __all__ = ["DivergenceError", "DivergenceGuard", "check_finite_model", "divergence_hint", "finite_stats"]
 
 
-_KEPT = "The last checkpoint written before this step is kept."
+_KEPT = "Any checkpoint written before this step is kept (none with non-finite weights is written)."
 
 
 class DivergenceError(RuntimeError):
