@@ -118,7 +118,7 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
                 "comm_ratio", "time_ratio", "state_ratio", "per_rank"} <= set(row)
         assert len(row["per_rank"]) == 2 and row["step_s"] > 0
     ddp, masked, true = report["rows"][:3]
-    assert ddp["bytes_per_step"] == param_bytes(GPTConfig.from_preset("tiny"))
+    assert ddp["bytes_per_step"] == param_bytes(GPTConfig.from_preset("tiny", n_layer=3))
     assert ddp["central_bytes"] == 0 and masked["central_bytes"] == true["central_bytes"] > 0
     assert masked["bytes_per_sync"] == true["bytes_per_sync"] and 0 < masked["comm_ratio"] < 1
     assert true["train_state_bytes"] < ddp["train_state_bytes"]

@@ -74,7 +74,8 @@ def test_bad_input_fails_before_training(tmp_path, monkeypatch, overrides, match
 def test_cli_data_parallel_baseline_on_two_processes_counts_its_bytes(tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run([sys.executable, "-m", "twist_lightning.run", "experiment=smoke", "trainer=ddp_cpu",
-                           "trainer.max_steps=4", f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True,
+                           "trainer.max_steps=4", "module.warmup_steps=2",  # a warm-up no longer than the run
+                           f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

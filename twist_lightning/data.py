@@ -45,6 +45,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from twist_lightning.tokenizer import EOT_ID, GPT2_VOCAB_SIZE, TOKENIZER_NAME, asset_path, gpt2_encoding
+from twist_lightning.validate import check_count, check_utf8
 from twist_lightning.vocab import CompactVocab, validate_vocab_size
 
 __all__ = ["DataSource", "HubUnavailableError", "TextDataModule", "TokenWindows", "default_cache_dir"]
@@ -181,6 +182,7 @@ class TextDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.source = _parse_source(source)
         _validate_settings(self.source, path, hub_name, block_size, batch_size, val_fraction, vocab_size, num_proc)
+        check_count("data.num_workers", num_workers, minimum=0, fix="use data.num_workers=0 (load in the main process)")
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.vocab: CompactVocab | None = None
         self.datasets: dict[str, TokenWindows] = {}
@@ -369,8 +371,12 @@ class TextDataModule(LightningDataModule):
             )
         if path.is_file():
             _check_nonempty(path)
-            return {"train": path}
-        return _resolve_folder(path)
+            files = {"train": path}
+        else:
+            files = _resolve_folder(path)
+        for file in files.values():  # before tokenizing: datasets would fail deep inside with a raw decode error
+            check_utf8(file)
+        return files
 
     def _build_cache(self, work: Path) -> None:
         """Tokenize, split, optionally remap, and write every cache file into ``work``."""

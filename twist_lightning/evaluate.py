@@ -49,6 +49,9 @@ from omegaconf import OmegaConf
 
 from twist_lightning.checkpoint import check_shape, load_checkpoint, load_gpt
 from twist_lightning.export import check_size
+from twist_lightning.guard import finite_stats
+from twist_lightning.io import atomic_path, write_json
+from twist_lightning.validate import check_evaluate_settings
 from twist_lightning.model import GPT
 from twist_lightning.partition import Blueprint, PartitionSpec, importance_blueprint, random_blueprint, subnet
 from twist_lightning.prune import Calibration, Method, Structure, calibrate, calibration_batches, parse_method, prune
@@ -142,12 +145,11 @@ def _stacks(blueprints: Iterable[Blueprint], size: int) -> list[list[Blueprint]]
 
 
 def _ppl(nll: float) -> float:
-    return math.exp(nll) if nll < 700 else math.inf
+    return nll if math.isnan(nll) else math.exp(nll) if nll < 700 else math.inf  # NaN: a diverged model
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
-    return {"mean_ppl": statistics.fmean(values), "std_ppl": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min_ppl": min(values), "max_ppl": max(values)}
+    return finite_stats(list(values))  # over the finite values; "diverged" counts the others
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -246,8 +248,18 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
             rows[-1]["gap_closed"] = {m: _gap_closed(rows[-1]["mean_ppl"], ppl, _ppl(full_nll))
                                       for m, ppl in rows[-1]["methods"].items()}
             rows[-1]["method_blueprints"] = {m: found[m][1] for m in found}
-    return {"full": {"loss": full_nll, "ppl": _ppl(full_nll)}, "sizes": rows, "samples": samples, "seed": seed,
+    _warn_diverged(full_nll, rows)
+    full = {"loss": full_nll, "ppl": _ppl(full_nll), "diverged": not math.isfinite(full_nll)}
+    return {"full": full, "sizes": rows, "samples": samples, "seed": seed,
             "common": list(spec.common), "scale": scale, "tokens": sum(y.numel() for _, y in batches)}
+
+
+def _warn_diverged(full_nll: float, rows: list[dict[str, Any]]) -> None:
+    bad = [f"{r['heads']} heads: {r['diverged']} of {len(r['random_ppl'])}" for r in rows if r["diverged"]]
+    if not math.isfinite(full_nll) or bad:
+        rank_zero_warn(f"diverged (non-finite loss): {'the full model; ' if not math.isfinite(full_nll) else ''}"
+                       f"random subnets {'; '.join(bad) or 'none'}. Their perplexities are NaN (null in JSON) and "
+                       "left out of the statistics; the checkpoint comes from a diverged run (lower module.lr).")
 
 
 def _evaluate_methods(model: GPT, batches: Sequence[Batch], sizes: Sequence[int | float], methods: Sequence[Method],
@@ -439,7 +451,7 @@ def plot_boxes(result: dict[str, Any], path: Path) -> None:
     rows = result["sizes"]
     labels = [f"{r['heads']}/{result['model']['n_head']}" for r in rows]
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2.5, 4))
-    ax.boxplot([r["random_ppl"] for r in rows], tick_labels=labels)
+    ax.boxplot([[v for v in r["random_ppl"] if math.isfinite(v)] for r in rows], tick_labels=labels)
     imp = [(i + 1, r["importance_ppl"]) for i, r in enumerate(rows) if r["importance_ppl"] is not None]
     if imp:
         ax.scatter(*zip(*imp), marker="x", color="tab:red", zorder=3, label="importance")
@@ -452,7 +464,8 @@ def plot_boxes(result: dict[str, Any], path: Path) -> None:
            title=f"{Path(result['checkpoint']).name}: {result['samples']} random subnets per size")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -531,13 +544,14 @@ def plot_grid(grid: dict[str, Any], path: Path) -> None:
     ax.set(xlabel="evaluated at size Y", ylabel="trained at size X", title="mean PPL of random subnets")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -608,6 +622,7 @@ def _run_dir() -> Path:
 def run_from_config(cfg: Any) -> dict[str, Any]:
     """Run the evaluation (or the grid) an :class:`EvaluateConfig` describes; write and print the results."""
     c = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg.__dict__)
+    check_evaluate_settings({**c, "data": c["data"] if isinstance(c["data"], dict) else dict(c["data"].__dict__)})
     kwargs = {k: c[k] for k in ("sizes", "samples", "common", "seed", "importance", "scale", "split", "max_batches",
                                 "batch_tokens", "subnet_batch", "device", "progress", "calib_samples",
                                 "calib_seed", "structure", "damp", "flap_compensate")}
@@ -619,9 +634,8 @@ def run_from_config(cfg: Any) -> dict[str, Any]:
         raise ValueError("checkpoint=PATH is required (or grid=true checkpoints=[...]).")
     result = evaluate_checkpoint(c["checkpoint"], **kwargs)
     out = Path(c["out"]) if c["out"] else _run_dir() / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if c["plot"]:
+    write_json(out, result)  # strict JSON (NaN -> null), atomic
+    if c["plot"] and math.isfinite(result["full"]["ppl"]):  # nothing to plot for a diverged model
         plot_boxes(result, out.with_suffix(".png"))
     _print_table(table_rows(result), table_columns(result),
                  f"{result['split']} PPL, {result['tokens']} tokens -> {out}")
@@ -633,7 +647,7 @@ def _run_grid(c: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     out = Path(c["out"]) if c["out"] else _run_dir() / "grid.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(grid["rows"], out)
-    out.with_suffix(".json").write_text(json.dumps(grid, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), grid)
     if c["plot"]:
         plot_grid(grid, out.with_suffix(".png"))
     _print_table(grid["rows"], ["train_size", *TABLE_COLUMNS], f"robustness grid -> {out}")

@@ -49,6 +49,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import MISSING
 from safetensors.torch import load_model, save_model
 
+from twist_lightning.guard import check_finite_model
+from twist_lightning.io import atomic_files, atomic_path, write_json
 from twist_lightning.model import GPT, GPTConfig, head_cols, head_rows
 from twist_lightning.tokenizer import EOT_ID
 from twist_lightning.partition import Blueprint, PartitionSpec, extract, importance_blueprint, random_blueprint, \
@@ -137,19 +139,26 @@ def export_subnet(model: GPT, blueprint: Blueprint, out_dir: str | os.PathLike[s
     Returns:
         The extracted subnet (on ``model``'s device, in eval mode).
     """
-    return write_export(extract(model, blueprint, scale=scale), out_dir, vocab, metadata)
+    return write_export(extract(model, blueprint, scale=scale), out_dir, vocab, metadata,
+                        what=f"subnet {blueprint}")
 
 
 def write_export(sub: GPT, out_dir: str | os.PathLike[str], vocab: CompactVocab | None = None,
-                 metadata: dict[str, Any] | None = None) -> GPT:
-    """Write the physical GPT ``sub`` (an extracted subnet or a pruned model) as an export folder; returns it."""
+                 metadata: dict[str, Any] | None = None, what: str = "model") -> GPT:
+    """Write the physical GPT ``sub`` (an extracted subnet or a pruned model) as an export folder; returns it.
+
+    Refuses non-finite weights (a diverged checkpoint) before writing anything.
+    """
     sub = sub.eval()
+    source = (metadata or {}).get("checkpoint")
+    check_finite_model(sub, f"checkpoint={source!r}, {what}," if source else f"the {what}")
     sub.config.extra = {**sub.config.extra, "export": {"format": FORMAT, **(metadata or {})}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # save_model drops one name of the tied wte/lm_head pair; load_model restores the tie
-    save_model(sub, str(out / WEIGHTS), metadata={"format": FORMAT})
-    (out / CONFIG).write_text(json.dumps(sub.config.to_dict(), indent=2) + "\n")
+    with atomic_path(out / WEIGHTS) as tmp:  # each file complete or absent, also when the process is killed
+        save_model(sub, str(tmp), metadata={"format": FORMAT})
+    write_json(out / CONFIG, sub.config.to_dict())
     if vocab is not None:
         vocab.save(out / VOCAB)
     elif (out / VOCAB).exists():
@@ -306,7 +315,9 @@ def export_hf(sub: GPT, out_dir: str | os.PathLike[str], vocab: CompactVocab | N
     ``AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)`` loads it without twist-lightning.
     """
     hf = to_hf(sub, vocab, layout)
-    hf.save_pretrained(str(out_dir))
+    check_finite_model(hf, f"hf export to {str(out_dir)!r}")
+    with atomic_files(out_dir) as tmp:
+        hf.save_pretrained(str(tmp))
     if vocab is not None:
         vocab.save(Path(out_dir) / VOCAB)  # HF has no notion of our id remapping; keep it next to the weights
     return hf
@@ -344,7 +355,9 @@ def register_configs() -> None:
 def export_from_config(cfg: Any) -> dict[str, Any]:
     """Run one export described by an :class:`ExportConfig` (Hydra ``DictConfig`` or dataclass); returns a summary."""
     from twist_lightning.checkpoint import load_gpt
+    from twist_lightning.validate import check_export_settings
 
+    check_export_settings({k: _plain(getattr(cfg, k, None)) for k in ("checkpoint", "out", "size", "selector")})
     if cfg.selector not in SELECTORS:  # before loading anything
         raise ValueError(f"selector={cfg.selector!r} is not one of {list(SELECTORS)}.")
     layout = _hf_layout(getattr(cfg, "hf_layout", HFLayout.pruned))
@@ -390,7 +403,7 @@ def _export_pruned(cfg: Any, layout: HFLayout) -> dict[str, Any]:
     meta = {"checkpoint": str(cfg.checkpoint), "method": method.value, "size": _plain(cfg.size),
             "common": list(spec.common), **result.info}
     meta["blueprint"] = result.blueprint.to_dict()
-    sub = write_export(result.model, cfg.out, vocab, meta)
+    sub = write_export(result.model, cfg.out, vocab, meta, what=f"{method.value}-pruned model")
     return _finish(cfg, layout, model, sub, result.blueprint, vocab)
 
 

@@ -62,6 +62,8 @@ class GPTConfig:
             self.ffn_groups = self.n_head
         checks = [
             ("n_layer", self.n_layer >= 1, "use at least one layer"),
+            ("n_embd", self.n_embd >= 1, "use a positive width"),
+            ("dropout", 0.0 <= self.dropout < 1.0, "use a probability in [0, 1)"),
             ("n_head", self.n_head >= 1 and self.n_embd % self.n_head == 0, "n_embd must be divisible by n_head"),
             ("ffn_groups", self.ffn_groups >= 1 and (4 * self.n_embd) % self.ffn_groups == 0,
              "4 * n_embd must be divisible by ffn_groups"),

@@ -58,7 +58,12 @@ class TwISTLitModule(L.LightningModule):
         if isinstance(model, GPTConfig):
             model = model.to_dict()  # hparams stay plain data so checkpoints and hparams.yaml stay readable
         for name, value, ok, rule in (
-            ("lr", lr, lr > 0, "must be positive"),
+            ("lr", lr, lr > 0 and math.isfinite(lr), "must be positive and finite"),
+            ("betas", betas, len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas),
+             "must be two values in [0, 1), e.g. [0.9, 0.95]"),
+            # a schedule no longer than the warm-up never decays (warmup_cosine stays flat): refuse it, not ignore it
+            ("decay_steps", decay_steps, decay_steps is None or decay_steps > warmup_steps,
+             f"must be null (follow trainer.max_steps) or more than module.warmup_steps={warmup_steps}"),
             ("weight_decay", weight_decay, weight_decay >= 0, "must be >= 0"),
             ("warmup_steps", warmup_steps, warmup_steps >= 0, "must be >= 0"),
             ("min_lr_ratio", min_lr_ratio, 0.0 <= min_lr_ratio <= 1.0, "must lie in [0, 1]"),
@@ -93,6 +98,10 @@ class TwISTLitModule(L.LightningModule):
                 raise ValueError("The data's compact vocabulary differs from the checkpoint's; rebuild the data "
                                  "with the checkpoint's corpus and data.vocab_size, or train from scratch.")
             self.vocab = vocab
+        block = getattr(getattr(dm, "hparams", None), "block_size", None)
+        if isinstance(block, int) and block > self.config.block_size:  # would fail inside the first forward pass
+            raise ValueError(f"data.block_size={block} is longer than the model's context (model.block_size="
+                             f"{self.config.block_size}); use data.block_size<={self.config.block_size}.")
         if vocab is not None and vocab.size != self.config.vocab_size:
             raise ValueError(f"model.vocab_size={self.config.vocab_size} but the data has {vocab.size} token ids; "
                              f"set model.vocab_size={vocab.size} (or data.vocab_size to match).")

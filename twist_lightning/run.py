@@ -10,7 +10,6 @@ Examples::
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,11 +28,15 @@ from twist_lightning.comm import CountingDDPStrategy
 from twist_lightning.config import register_configs
 from twist_lightning.data import TextDataModule
 from twist_lightning.evaluate import evaluate_subnets
+from twist_lightning.guard import DivergenceError, DivergenceGuard
+from twist_lightning.io import AtomicCheckpointIO, NonFiniteCheckpointError, write_json
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
 from twist_lightning.partition import PartitionSpec
+from twist_lightning.progress import step_progress_bar
 from twist_lightning.strategy import TwISTStrategy
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
+from twist_lightning.validate import check_out_folder, check_resume, check_train_settings
 
 register_configs()
 
@@ -106,8 +109,14 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list, strateg
     if strategy is not None:
         trainer_kwargs["strategy"] = strategy
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    callbacks = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True), Timer(), *extra_callbacks]
-    return L.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir))
+    # the guard stops a diverged run; the checkpoint IO writes atomically and never writes non-finite weights
+    callbacks = [DivergenceGuard(), ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True), Timer(),
+                 *extra_callbacks]
+    if trainer_kwargs.get("enable_progress_bar", True):
+        callbacks.append(step_progress_bar())  # Lightning's own shows "Epoch 2/-2" in step-bounded runs
+    plugins = [*(trainer_kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]
+    return L.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, plugins=plugins,
+                     default_root_dir=str(out_dir))
 
 
 def summarize(trainer: L.Trainer, dm: TextDataModule, metrics: dict[str, float], wall_s: float) -> dict[str, Any]:
@@ -156,7 +165,11 @@ def subnet_summary(cfg: DictConfig, model: GPT, dm: TextDataModule, limit: Any) 
 
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # strict JSON, written atomically: a NaN or inf becomes null and the run is flagged as diverged
+    non_finite = write_json(out_dir / "summary.json", {**summary, "diverged": summary.get("diverged", False)})
+    if non_finite:
+        summary.update(diverged=True, non_finite=non_finite)
+        write_json(out_dir / "summary.json", summary)
     width = max(len(k) for k in summary)
     lines = [f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in summary.items()]
     rank_zero_info("\n".join(["", "summary", "-" * (width + 12), *lines, f"written to {out_dir / 'summary.json'}"]))
@@ -168,16 +181,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_trainer_keys(trainer_cfg)
     check_launcher(trainer_cfg)
+    # only the groups it checks: the logger's paths interpolate Hydra's run folder, unset outside a Hydra run
+    check_train_settings({k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
+                          for k in ("trainer", "model", "data", "module", "twist")})
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     L.seed_everything(cfg.seed, workers=True)
 
-    dm = build_datamodule(cfg)
+    # the module before the data (neither draws from the other's random numbers), so its settings and the resume
+    # checkpoint are checked before any tokenizing
     module = TwISTLitModule(model=GPTConfig(**kwargs_of(cfg.model)), **kwargs_of(cfg.module))
+    if cfg.ckpt_path is not None:
+        check_resume(cfg.ckpt_path, module.config)  # readable, same shape, finite: before the Trainer starts
+    dm = build_datamodule(cfg)
     strategy = build_strategy(cfg, module.model)
     callbacks = [SubnetResampling()] if isinstance(strategy, TwISTStrategy) else []
 
     trainer = build_trainer(cfg, out_dir, extra_callbacks=callbacks, strategy=strategy)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    except (DivergenceError, NonFiniteCheckpointError) as err:
+        if trainer.is_global_zero:  # a valid summary still says what happened, then the run fails
+            write_summary({"global_step": trainer.global_step, "diverged": True, "error": str(err),
+                           "wall_s": round(time.perf_counter() - start, 2)}, out_dir)
+        raise
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     summary = summarize(trainer, dm, metrics, time.perf_counter() - start)
     summary["twist_variant"] = str(cfg.twist.variant.value if hasattr(cfg.twist.variant, "value") else cfg.twist.variant)
@@ -210,6 +236,17 @@ def _alias_true_variant(argv: list[str]) -> list[str]:
     return ["twist=physical" if arg in ("twist=true", "twist=True") else arg for arg in argv]
 
 
+def _check_run_dir(argv: list[str]) -> None:
+    """Hydra creates the run folder before ``train`` runs; a file there would fail as a raw FileExistsError."""
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            try:
+                check_out_folder("hydra.run.dir", arg.split("=", 1)[1])
+            except ValueError as err:
+                raise SystemExit(f"Error: {err}") from None  # exit 1 with the message, as Hydra does for its own
+
+
 if __name__ == "__main__":
     sys.argv = _alias_true_variant(sys.argv)
+    _check_run_dir(sys.argv[1:])
     main()

@@ -144,6 +144,10 @@ class TwISTStrategy(DDPStrategy):
                              "physical). HINT: set trainer.devices=2, or use variant masked/true in one process.")
         spec = PartitionSpec.from_config(model.config, common=self.common)
         sample_blueprints(spec, world_size * self.workers_per_process, self.n_sub, self.seed, 0)  # raises if impossible
+        if not spec.split_layers:  # TwIST would silently train the full model on every worker
+            raise ValueError(f"twist.common={self.common!r} keeps all {spec.n_layer} layers of this model whole, so "
+                             "there is no layer to split into subnets. HINT: use twist.common=none, or a model with "
+                             "more layers than common ones (model.n_layer).")
         return spec
 
     @override
