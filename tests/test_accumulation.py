@@ -15,7 +15,7 @@ import twist_lightning  # noqa: F401  (registers "twist")
 from twist_lightning import TwISTLitModule, TwISTStrategy
 from twist_lightning.accumulation import GradAccumulators
 from twist_lightning.model import GPTConfig
-from tests.test_strategy import SHAPE, assert_same, free_port, loader, params
+from test_strategy import SHAPE, assert_same, free_port, loader, params
 
 
 class Recording(TwISTLitModule):
