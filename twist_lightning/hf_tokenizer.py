@@ -150,7 +150,8 @@ To generate text:
 
 ```python
 import json, torch
-from transformers import AutoModelForCausalLM, GPT2Tokenizer  # any GPT-2 tokenizer; twist-lightning builds one
+from transformers import AutoModelForCausalLM, GPT2Tokenizer
+gpt2_tokenizer = GPT2Tokenizer.from_pretrained("openai-community/gpt2")  # offline: hf_tokenizer.build_hf_tokenizer()
 keep = json.load(open("vocab.json"))["keep_ids"]
 to_compact = {{g: i for i, g in enumerate(keep)}}
 model = AutoModelForCausalLM.from_pretrained(".", trust_remote_code=True)
