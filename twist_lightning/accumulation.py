@@ -54,6 +54,9 @@ class GradAccumulators:
         """Forget every worker's sum (a window ended in an optimizer step)."""
         self._grads = [None] * len(self._grads)
 
+    def __len__(self) -> int:
+        return len(self._grads)
+
     def pending(self) -> bool:
         """Whether any worker holds a sum not yet applied."""
         return any(g is not None for g in self._grads)

@@ -268,7 +268,7 @@ class TwISTStrategy(DDPStrategy):
 
     @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
-        if self._grads is None or len(self._grads._grads) != len(self.workers):
+        if self._grads is None or len(self._grads) != len(self.workers):
             self._grads = GradAccumulators(len(self.workers))
         params = [p for g in optimizer.param_groups for p in g["params"]]
         accumulating = self.lightning_module.trainer.fit_loop._should_accumulate()
