@@ -13,12 +13,11 @@ import torch
 from torch.utils.data import DistributedSampler
 
 import twist_lightning.data as data_mod
+from twist_lightning.corpora import corpus_path
 from twist_lightning.data import DataSource, HubUnavailableError, TextDataModule, TokenWindows
 from twist_lightning.tokenizer import EOT_ID, gpt2_encoding
 
-WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw"
-if not WIKITEXT.is_dir():
-    WIKITEXT = Path("/work/shared/data/wikitext-2-raw")
+WIKITEXT = Path(corpus_path("wikitext-2-raw"))  # shipped in the repository's data/ (checksums verified)
 
 
 def write_corpus(path: Path, n_lines: int = 400, start: int = 0, tag: str = "") -> Path:

@@ -14,7 +14,6 @@ from twist_lightning.module import TwISTLitModule
 from twist_lightning.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
-WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
 
 
 def compose_train(overrides):
@@ -38,7 +37,7 @@ def test_cli_smoke_run_writes_summary_and_a_loadable_checkpoint(tmp_path):
 
 def test_learns_on_real_text_from_a_local_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    summary = train(compose_train(["data=local", f"data.path={WIKI}", "trainer.max_steps=40", "module.lr=1e-2"]))
+    summary = train(compose_train(["data=wikitext2", "trainer.max_steps=40", "module.lr=1e-2"]))
     assert summary["val_ppl"] < summary["unigram_ppl"] * 1.5  # far below uniform (256), near unigram at 40 steps
     assert summary["val_ppl"] < 256 / 2
 

@@ -12,6 +12,9 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from twist_lightning.corpora import corpus_path
 
 
 
@@ -118,7 +121,9 @@ class TrainConfig:
 
 
 def register_configs() -> None:
-    """Store the schemas under the names the YAML files extend."""
+    """Store the schemas under the names the YAML files extend, and the ``${corpus:NAME}`` resolver for data/."""
+    # a path into the repository's data/ folder that does not depend on the working directory (corpora.py)
+    OmegaConf.register_new_resolver("corpus", corpus_path, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_train", node=TrainConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)

@@ -51,6 +51,7 @@ from safetensors.torch import load_model, save_model
 
 from twist_lightning.guard import check_finite_model
 from twist_lightning.io import atomic_files, atomic_path, write_json
+from twist_lightning.hf_tokenizer import write_decoding_files
 from twist_lightning.model import GPT, GPTConfig, head_cols, head_rows
 from twist_lightning.tokenizer import EOT_ID
 from twist_lightning.partition import Blueprint, PartitionSpec, extract, importance_blueprint, random_blueprint, \
@@ -312,7 +313,10 @@ def export_hf(sub: GPT, out_dir: str | os.PathLike[str], vocab: CompactVocab | N
     """Write :func:`to_hf` of ``sub`` with ``save_pretrained`` to ``out_dir`` (plus ``vocab.json``); returns it.
 
     The pruned layout's folder also holds ``hf_gpt2.py`` and an ``auto_map``, so
-    ``AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)`` loads it without twist-lightning.
+    ``AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)`` loads it without twist-lightning. With
+    GPT-2's full vocabulary it holds GPT-2's tokenizer too (built from the shipped ranks, ``hf_tokenizer.py``), so
+    ``pipeline("text-generation", model=out_dir, trust_remote_code=True)`` generates; with a compact vocabulary,
+    ``DECODING.md`` says how to map its ids.
     """
     hf = to_hf(sub, vocab, layout)
     check_finite_model(hf, f"hf export to {str(out_dir)!r}")
@@ -320,6 +324,8 @@ def export_hf(sub: GPT, out_dir: str | os.PathLike[str], vocab: CompactVocab | N
         hf.save_pretrained(str(tmp))
     if vocab is not None:
         vocab.save(Path(out_dir) / VOCAB)  # HF has no notion of our id remapping; keep it next to the weights
+    # GPT-2's tokenizer files (full vocabulary) or DECODING.md (compact), so the folder turns ids back into text
+    write_decoding_files(out_dir, vocab, sub.config.vocab_size, sub.config.block_size)
     return hf
 
 

@@ -40,6 +40,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from twist_lightning.accumulation import GradAccumulators
 from twist_lightning.model import GPT
 from twist_lightning.partition import PartitionSpec, extract, param_index, sample_blueprints
 from twist_lightning.workers import (
@@ -125,6 +126,7 @@ class TwISTStrategy(DDPStrategy):
         self._pending: dict[str, Any] | None = None
         self.central_moments: dict[str, torch.Tensor] | None = None
         self._steps_done = 0
+        self._grads: GradAccumulators | None = None  # per-worker gradient sums between micro-batches
 
     # ---- set-up ---------------------------------------------------------------------------------------------------
     @property
@@ -259,13 +261,34 @@ class TwISTStrategy(DDPStrategy):
             args = (apply_to_collection(args[0], torch.Tensor, lambda t: t[k::n]), *args[1:])
         return super().training_step(*args, **kwargs)
 
+    @property
+    @override
+    def handles_gradient_accumulation(self) -> bool:
+        # Otherwise Lightning runs the closure of a micro-batch that does not step itself, as whichever worker is
+        # active, and every worker's rows and gradients go astray; routed through optimizer_step, every worker runs
+        # its own rows of every micro-batch into its own gradient sum. As with DeepSpeed, a window cut short by the
+        # end of an epoch is dropped (Lightning's zero_grad at the next window start), not stepped.
+        return True
+
     @override
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
+        if self._grads is None or len(self._grads) != len(self.workers):
+            self._grads = GradAccumulators(len(self.workers))
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        accumulating = self.lightning_module.trainer.fit_loop._should_accumulate()
         output = None
         for k in range(len(self.workers)):
             self._activate(k)
+            self._grads.load(k, params)
+            if accumulating:  # this worker's forward and backward on its rows; no step, values unchanged
+                output = closure()
+                self._grads.save(k, params)
+                continue
             output = Strategy.optimizer_step(self, optimizer, closure, model, **kwargs)
             self._deactivate(k)
+        if accumulating:
+            return output
+        self._grads.clear()
         self.step_in_round += 1
         self._steps_done += 1
         if self.step_in_round >= self.sync_every:
