@@ -44,6 +44,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from twist_lightning.corpora import sha256_of
 from twist_lightning.tokenizer import EOT_ID, GPT2_VOCAB_SIZE, TOKENIZER_NAME, asset_path, gpt2_encoding
 from twist_lightning.validate import check_count, check_utf8
 from twist_lightning.vocab import CompactVocab, validate_vocab_size
@@ -349,13 +350,13 @@ class TextDataModule(LightningDataModule):
             name = self.hparams.hub_name
             spec["hub"] = {"name": name, "config": self.hparams.hub_config}
             if Path(name).is_dir():  # a local stand-in: key on its contents so edits invalidate
-                spec["hub"]["files"] = {str(p.relative_to(name)): _sha256(p) for p in _files_under(Path(name))}
+                spec["hub"]["files"] = {str(p.relative_to(name)): sha256_of(p) for p in _files_under(Path(name))}
             # The split rule only applies when the dataset lacks a validation split; it is cheap to
             # include always, and a hub dataset's split layout is unknown until it is loaded.
             spec["split"] = self._split_rule()
             return spec
         files = self._local_files()
-        spec["files"] = {split: _sha256(p) for split, p in files.items()}
+        spec["files"] = {split: sha256_of(p) for split, p in files.items()}
         spec["split"] = self._split_rule() if "val" not in files else {"rule": "files"}
         return spec
 
@@ -639,11 +640,4 @@ def _publish(work: Path, target: Path) -> None:
 def _files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
-
-def _sha256(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
