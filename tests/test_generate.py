@@ -56,7 +56,17 @@ def test_a_ticket_samples_like_its_masked_subnet_in_the_checkpoint(trained):
     assert from_ticket["tokens"] == masked["tokens"] and from_ticket["samples"] == masked["samples"]
     assert masked["subnet"]["blueprint"]["heads"] == json.loads((ticket / "config.json").read_text())["extra"][
         "blueprint"]["heads"]
-    assert full["tokens"] != masked["tokens"]  # the subnet is not the full model
+    # the subnet is not the full model (sampled tokens can coincide for a 30-step model, so compare logits)
+    import torch
+
+    from twist_lightning.checkpoint import load_gpt
+    from twist_lightning.export import load_exported
+
+    full_model, sub = load_gpt(ckpt)[0], load_exported(ticket)
+    idx = torch.tensor(masked["tokens"][:1])[:, :16]
+    with torch.no_grad():
+        assert not torch.allclose(full_model(idx)[0], sub(idx)[0], atol=1e-4)
+    assert len(full["tokens"][0]) == 40
 
 
 def test_importance_subnet_and_greedy_decoding(trained):
