@@ -241,3 +241,79 @@ def test_carry_needs_adam():
     with pytest.raises(ValueError, match="carry"):
         fit(make_module("sgd"), twist(n_sub=2, common="none", workers_per_process=2, optimizer_state="carry"),
             max_steps=1, batch_size=8)
+
+
+# ---- the outer step (DiLoCo's Nesterov on central - average) ------------------------------------------------------
+OUTER_LR, OUTER_MU = 0.5, 0.9
+
+
+def flat_sgd_module(lr: float, seed: int = 0, cls=TwISTLitModule) -> TwISTLitModule:
+    torch.manual_seed(seed)
+    # a flat learning rate: an outer momentum of lr-scaled pseudo-gradients equals SGD's momentum only then
+    return cls(GPTConfig(**SHAPE), lr=lr, warmup_steps=0, min_lr_ratio=1.0, optimizer="sgd", weight_decay=0.1)
+
+
+class NesterovSGDModule(TwISTLitModule):
+    """The reference: plain training with torch.optim.SGD(lr, momentum, nesterov=True) and the same schedule."""
+
+    def configure_optimizers(self):
+        out = super().configure_optimizers()
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in out["optimizer"].param_groups]
+        opt = torch.optim.SGD(groups, lr=self.hparams.lr, momentum=OUTER_MU, nesterov=True)
+        lam = out["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lam),
+                                                   "interval": "step"}}
+
+
+def test_outer_step_with_lr_one_and_no_momentum_is_plain_averaging_exactly():
+    kw = dict(variant="masked", n_sub=2, common="none", sync_every=2, workers_per_process=2)
+    plain, outer = make_module(), make_module()
+    fit(plain, twist(**kw), max_steps=6, batch_size=8)
+    fit(outer, twist(**kw, outer="nesterov", outer_lr=1.0, outer_momentum=0.0), max_steps=6, batch_size=8)
+    a, b = params(plain), params(outer)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    moved = make_module()
+    fit(moved, twist(**kw, outer="nesterov", outer_lr=0.7, outer_momentum=0.9), max_steps=6, batch_size=8)
+    assert any(not torch.allclose(a[k], params(moved)[k]) for k in a)  # the outer step does change the run
+
+
+@pytest.mark.parametrize("variant", ["masked", "true"])
+def test_outer_nesterov_with_full_subnets_sync_every_step_equals_nesterov_sgd(variant):
+    """Full subnets, plain SGD inside, sync every step (2 ranks): the outer Nesterov step is data-parallel training
+    with SGD(lr = inner_lr * outer_lr, momentum = outer_momentum, nesterov=True)."""
+    inner = 0.5
+    tw = flat_sgd_module(inner)
+    fit(tw, twist(variant=variant, n_sub=1.0, sync_every=1, outer="nesterov", outer_lr=OUTER_LR,
+                  outer_momentum=OUTER_MU, start_method="spawn"), devices=2, max_steps=5)
+    ref = flat_sgd_module(inner * OUTER_LR, cls=NesterovSGDModule)
+    fit(ref, L.pytorch.strategies.DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)), devices=2,
+        max_steps=5)
+    init = params(flat_sgd_module(inner))
+    assert any((init[k] - params(ref)[k]).abs().max() > 1e-3 for k in init)  # training moved the weights
+    assert_same(params(tw), params(ref))
+
+
+def test_resume_mid_round_keeps_the_outer_momentum(tmp_path):
+    kw = dict(variant="masked", n_sub=2, common="none", sync_every=3, workers_per_process=2, outer="nesterov",
+              outer_lr=0.7, outer_momentum=0.9)
+    straight = make_module()
+    fit(straight, twist(**kw), max_steps=10, batch_size=8, n=32)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=8, save_top_k=-1, filename="{step}")
+    first = make_module()
+    fit(first, twist(**kw), max_steps=8, batch_size=8, callbacks=[SubnetResampling(), ckpt], root=tmp_path, n=32)
+    resumed = make_module(seed=123)
+    fit(resumed, twist(**kw), max_steps=10, batch_size=8, callbacks=[SubnetResampling()],
+        ckpt_path=str(tmp_path / "step=8.ckpt"), n=32)
+    assert_same(params(resumed), params(straight), atol=0)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(outer="adam"), "twist.outer='adam'"),
+    (dict(outer="nesterov", outer_lr=0.0), "twist.outer_lr=0.0"),
+    (dict(outer="nesterov", outer_lr=-1), "twist.outer_lr=-1"),
+    (dict(outer="nesterov", outer_momentum=1.0), "twist.outer_momentum=1.0"),
+    (dict(outer="nesterov", outer_momentum=-0.1), "twist.outer_momentum=-0.1"),
+])
+def test_bad_outer_settings_fail_at_construction(kw, match):
+    with pytest.raises(ValueError, match=match.replace(".", r"\.")):
+        TwISTStrategy(**kw)

@@ -35,6 +35,13 @@ class Variant(str, Enum):
     hybrid = "hybrid"
 
 
+class OuterOptimizer(str, Enum):
+    """The step a sync applies to the holders' average (see ``TwISTStrategy``)."""
+
+    none = "none"
+    nesterov = "nesterov"
+
+
 class OptimizerState(str, Enum):
     """What a worker's AdamW moments do at a resample (see ``TwISTStrategy``)."""
 
@@ -102,6 +109,9 @@ class TwISTConfig:
     optimizer_state: OptimizerState = OptimizerState.reset
     workers_per_process: int = 1
     seed: int = 0
+    outer: OuterOptimizer = OuterOptimizer.none  # nesterov: DiLoCo's outer step on central - average
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
     eval_subnets: int = 4  # random subnets at the training size evaluated in the final summary
 
 

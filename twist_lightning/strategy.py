@@ -54,6 +54,7 @@ from twist_lightning.workers import (
 
 VARIANTS = ("masked", "true", "hybrid")
 OPTIMIZER_STATES = ("reset", "carry")
+OUTERS = ("none", "nesterov")  # the outer step applied to the holders' average at every sync
 MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam/AdamW state that "carry" averages over holders
 
 
@@ -77,6 +78,13 @@ class TwISTStrategy(DDPStrategy):
             averages the moments over their holders like the weights (two more ``all_gather`` calls per sync) and
             slices them into the next subnets, with Adam's step count continuing. ``carry`` needs Adam or AdamW.
         workers_per_process: virtual workers each process simulates (S = world size x this).
+        outer: the step at a sync. ``"none"``: the central model becomes the holders' average. ``"nesterov"``
+            (DiLoCo, Douillard et al. 2023): the pseudo-gradient ``central - average`` is applied by an outer SGD
+            step with Nesterov momentum, ``m = mu m + delta; central -= outer_lr (delta + mu m)``. With
+            ``outer_lr=1, outer_momentum=0`` that is the plain average, exactly.
+        outer_lr: the outer step's learning rate (> 0; DiLoCo uses 0.7 for hundreds of local steps).
+        outer_momentum: its momentum ``mu`` in [0, 1) (DiLoCo: 0.9). The buffer lives with the central model and
+            is checkpointed, so a resumed run continues it.
         seed: seed of the blueprint sequence (same on every rank).
     """
 
@@ -93,6 +101,9 @@ class TwISTStrategy(DDPStrategy):
         optimizer_state: str = "reset",
         workers_per_process: int = 1,
         seed: int = 0,
+        outer: str = "none",
+        outer_lr: float = 0.7,
+        outer_momentum: float = 0.9,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -113,6 +124,15 @@ class TwISTStrategy(DDPStrategy):
                 raise ValueError(f"twist.{name}={value!r} must be an integer >= 1.")
         if isinstance(n_sub, bool) or not isinstance(n_sub, (int, float)):
             raise ValueError(f"twist.n_sub={n_sub!r} must be an int count or a float fraction in (0, 1].")
+        self.outer = _choice("outer", outer, OUTERS)
+        if isinstance(outer_lr, bool) or not isinstance(outer_lr, (int, float)) or not 0 < outer_lr < float("inf"):
+            raise ValueError(f"twist.outer_lr={outer_lr!r} must be a finite number > 0 (1 with outer_momentum=0 is "
+                             "plain averaging; DiLoCo uses 0.7).")
+        if isinstance(outer_momentum, bool) or not isinstance(outer_momentum, (int, float)) \
+                or not 0 <= outer_momentum < 1:
+            raise ValueError(f"twist.outer_momentum={outer_momentum!r} must lie in [0, 1) (DiLoCo uses 0.9).")
+        self.outer_lr, self.outer_momentum = float(outer_lr), float(outer_momentum)
+        self.outer_buffer: torch.Tensor | None = None  # Nesterov momentum of the pseudo-gradient, like central
         self.sync_every, self.n_sub, self.common, self.scale = sync_every, n_sub, common, scale
         self.workers_per_process, self.seed = workers_per_process, seed
         self.round, self.step_in_round = 0, 0
@@ -305,7 +325,10 @@ class TwISTStrategy(DDPStrategy):
             local = [torch.cat([v, *(self._held_moments(w, key) for key in MOMENTS)])
                      for w, v in zip(self.workers, local)]
         parts = [h.split(n_held) for h in exchange_held(local, self.counter)]  # per worker: values(, moments...)
+        before = self.central.clone() if self.outer != "none" else None
         average_over_holders(self.central, self.layout, [p[0] for p in parts], self.all_indices)
+        if before is not None:
+            self._outer_step(before)
         if carry:
             if self.central_moments is None:
                 self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
@@ -314,6 +337,22 @@ class TwISTStrategy(DDPStrategy):
         self.round += 1
         self.step_in_round = 0
         self._start_round(self._draw(self.round))
+
+    @torch.no_grad()
+    def _outer_step(self, before: torch.Tensor) -> None:
+        """Nesterov outer step on ``delta = before - average``; ``self.central`` holds the average on entry.
+
+        ``before - lr (delta + mu m)`` is computed as ``average + (1 - lr) delta - lr mu m`` so that ``lr=1, mu=0``
+        leaves the average bit for bit. Every rank holds the same central vector, so every rank takes the same
+        step without communication.
+        """
+        delta = before.sub_(self.central)  # the pseudo-gradient, in place of the copy
+        if self.outer_buffer is None:
+            self.outer_buffer = torch.zeros_like(self.central)
+        self.outer_buffer.mul_(self.outer_momentum).add_(delta)
+        self.central.add_(delta, alpha=1.0 - self.outer_lr)
+        if self.outer_momentum:
+            self.central.add_(self.outer_buffer, alpha=-self.outer_lr * self.outer_momentum)
 
     # ---- evaluation and checkpoints ------------------------------------------------------------------------------
     def _fitting(self) -> bool:
@@ -359,6 +398,7 @@ class TwISTStrategy(DDPStrategy):
             local = [w for rank in gathered for w in rank]
         return {"round": self.round, "step_in_round": self.step_in_round, "steps_done": self._steps_done,
                 "workers": local,
+                "outer_buffer": None if self.outer_buffer is None else self.outer_buffer.detach().cpu().clone(),
                 "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls}
 
     def load_worker_state(self, state: dict[str, Any]) -> None:
@@ -380,6 +420,8 @@ class TwISTStrategy(DDPStrategy):
             saved = self._pending["workers"][first + k]
             w.values.copy_(saved["values"].to(w.values.device))
             w.optimizer_state = _restore_state(saved["optimizer"], params, w.values.device)
+        buffer = self._pending.get("outer_buffer")
+        self.outer_buffer = None if buffer is None else buffer.to(self.central.device, self.central.dtype)
         self.counter.bytes = self._pending.get("bytes_communicated", 0)
         self.counter.calls = self._pending.get("collective_calls", 0)
         self._pending = None
