@@ -180,4 +180,10 @@ def test_pruning_settings_fail_before_any_work(ckpt: Path, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="calib_samples=0"):
         run_from_config(compose_eval(f"checkpoint={ckpt}", "sizes=[2]", "samples=1", "method=[flap]",
                                      "calib_samples=0", "max_batches=1", f"out={tmp_path / 'c.json'}"))
-    assert not any((tmp_path / n).exists() for n in ("a.json", "b.json", "c.json"))
+    with pytest.raises(ValueError, match="damp=1.5"):
+        run_from_config(compose_eval(f"checkpoint={ckpt}", "method=[reconstruct]", "damp=1.5",
+                                     f"out={tmp_path / 'd.json'}"))
+    with pytest.raises(ValueError, match="structure=adaptive is FLAP's allocation"):
+        run_from_config(compose_eval(f"checkpoint={ckpt}", "method=[activation]", "structure=adaptive",
+                                     f"out={tmp_path / 'e.json'}"))
+    assert not any((tmp_path / n).exists() for n in ("a.json", "b.json", "c.json", "d.json", "e.json"))

@@ -253,6 +253,11 @@ def test_export_pruned_model_reloads_with_the_same_logits(tmp_path: Path, method
                                            f"out={out}", f"hf={HAS_HF}"])
         summary = export_from_config(cfg)
         bad = compose("export", overrides=[f"checkpoint={ckpt}", "size=2", "method=obs", f"out={tmp_path / 'b'}"])
+        clash = compose("export", overrides=[f"checkpoint={ckpt}", "size=2", "method=flap", "selector=importance",
+                                             f"out={tmp_path / 'b'}"])
+        uncompensated = compose("export", overrides=[f"checkpoint={ckpt}", "size=2", "method=flap",
+                                                     "flap_compensate=false", "calib_samples=16",
+                                                     f"out={tmp_path / 'u'}"])
     assert summary["param_ratio"] < 1.0
     sub = load_exported(out)
     assert sub.config.extra["export"]["method"] == method and sub.config.attn_scale[1] == 1.0
@@ -276,4 +281,11 @@ def test_export_pruned_model_reloads_with_the_same_logits(tmp_path: Path, method
             torch.testing.assert_close(hf(idx).logits, sub(idx)[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="method='obs' is not a pruning method"):
         export_from_config(bad)
+    with pytest.raises(ValueError, match="drop selector=importance"):
+        export_from_config(clash)
     assert not (tmp_path / "b").exists()
+    if method == "flap":  # FLAP's units without the compensation: the kept weights as they were, scaled
+        export_from_config(uncompensated)
+        plain_scaled = extract(model, prune(model, 2, "flap", calib).blueprint)
+        with torch.no_grad():
+            torch.testing.assert_close(load_exported(tmp_path / "u")(idx)[0], plain_scaled(idx)[0])

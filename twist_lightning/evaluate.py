@@ -55,6 +55,7 @@ from twist_lightning.validate import check_evaluate_settings
 from twist_lightning.model import GPT
 from twist_lightning.partition import Blueprint, PartitionSpec, importance_blueprint, random_blueprint, subnet
 from twist_lightning.prune import Calibration, Method, Structure, calibrate, calibration_batches, parse_method, prune
+from twist_lightning.prune import check_settings as check_prune_settings
 from twist_lightning.stacked import StackedSubnets
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
 from twist_lightning.vocab import CompactVocab
@@ -209,6 +210,7 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
     sizes = resolve_sizes(spec, sizes)
     methods = resolve_methods(methods)
     structure = _check_structure(structure)
+    check_prune_settings(methods, structure, damp, has_calibration=calibration is not None)
     batches = list(batches)
     if not batches:
         raise ValueError("no evaluation batches: the held-out split is empty or max_batches=0.")
@@ -393,6 +395,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
     _check_subnet_batch(subnet_batch)
     methods = resolve_methods(methods)
     structure = _check_structure(structure)
+    check_prune_settings(methods, structure, damp)
     if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
         raise ValueError(f"calib_samples={calib_samples!r} must be an int >= 1 (calibration sequences of the "
                          "training split for method=[...]).")

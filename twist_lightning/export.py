@@ -349,6 +349,7 @@ class ExportConfig:
     calib_seed: int = 0
     structure: str = "uniform"  # method=flap: uniform | adaptive
     damp: float = 0.01  # method=reconstruct's ridge term
+    flap_compensate: bool = True  # method=flap's bias compensation; false = FLAP's units, scaled like random subnets
 
 
 def register_configs() -> None:
@@ -385,11 +386,17 @@ def _export_pruned(cfg: Any, layout: HFLayout) -> dict[str, Any]:
     """``method=...``: prune the checkpoint's full model with a post-training method and export the result."""
     from twist_lightning.checkpoint import load_gpt
     from twist_lightning.evaluate import build_datamodule, train_calibration
-    from twist_lightning.prune import NEEDS_DATA, calibrate, parse_method, prune
+    from twist_lightning.prune import NEEDS_DATA, Structure, calibrate, check_settings, parse_method, prune
 
-    method = parse_method(cfg.method)  # before loading anything
-    if cfg.selector == "explicit":
-        raise ValueError(f"method={method.value} chooses its own units; drop selector=explicit (or method).")
+    method = parse_method(cfg.method)  # everything is checked before loading anything
+    if cfg.selector != "random" or cfg.blueprint is not None:
+        raise ValueError(f"method={method.value} chooses its own units; drop selector={cfg.selector}"
+                         f"{' and blueprint=' if cfg.blueprint is not None else ''} (or method).")
+    try:
+        structure = Structure(getattr(cfg.structure, "value", cfg.structure))
+    except ValueError:
+        raise ValueError(f"structure={cfg.structure!r} is not one of {[s.value for s in Structure]}.") from None
+    check_settings([method], structure, cfg.damp)
     if cfg.size is None:
         raise ValueError(f"method={method.value} needs size=N (heads = FFN groups kept per split layer).")
     if isinstance(cfg.calib_samples, bool) or not isinstance(cfg.calib_samples, int) or cfg.calib_samples < 1:
@@ -399,13 +406,18 @@ def _export_pruned(cfg: Any, layout: HFLayout) -> dict[str, Any]:
     check_size(spec, _plain(cfg.size))
     calibration = None
     if method in NEEDS_DATA:
+        if not saved:
+            raise ValueError(f"method={method.value} calibrates on the checkpoint's training split, but "
+                             f"checkpoint={str(cfg.checkpoint)!r} has no saved data settings; use a checkpoint "
+                             "written by twist_lightning.run (or method=random|magnitude, which need no data).")
         dm, remap = build_datamodule(saved, {}, model.config.vocab_size, model.config.block_size, vocab,
                                      str(cfg.checkpoint))
         batches = train_calibration(dm, cfg.calib_samples, cfg.calib_seed, torch.device("cpu"),
                                     vocab if remap else None)
         calibration = calibrate(model, batches, progress=True)
     result = prune(model, _plain(cfg.size), method, calibration, common=list(spec.common), seed=cfg.seed,
-                   scale=cfg.scale, structure=cfg.structure, damp=cfg.damp, progress=True)
+                   scale=cfg.scale, structure=structure, damp=cfg.damp, compensate=cfg.flap_compensate,
+                   progress=True)
     meta = {"checkpoint": str(cfg.checkpoint), "method": method.value, "size": _plain(cfg.size),
             "common": list(spec.common), **result.info}
     meta["blueprint"] = result.blueprint.to_dict()

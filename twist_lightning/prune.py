@@ -19,7 +19,8 @@ Methods (``method=`` values):
   AAAI, arXiv 2312.11983). Score of an input channel of the output projection: the variance of that channel over
   the calibration tokens times the squared norm of its weight column (how much the output *fluctuates* when the
   channel is replaced by its mean). Removed channels are replaced by their mean: ``b += W[:, removed] @ mean``
-  (bias compensation), so the pruned branch's mean output on the calibration set equals the full branch's.
+  (bias compensation), so, fed the full model's inputs, the pruned branch's mean output on the calibration set
+  equals the full branch's (exact at the first split layer, approximate after it).
   ``structure=uniform`` keeps ``N_sub`` units in every split layer; ``structure=adaptive`` is FLAP's global
   structure: scores are standardised within each layer and branch and the ``N_sub * layers`` best units of each
   branch type are kept across all split layers (every layer keeps at least one). Departure: FLAP ranks heads and
@@ -96,6 +97,31 @@ def parse_method(value: Method | str, key: str = "method") -> Method:
     except ValueError:
         choices = [m.value for m in Method] + list(ALIASES)
         raise ValueError(f"{key}={value!r} is not a pruning method; choose one of {choices}.") from None
+
+
+def check_size(spec: PartitionSpec, size: Any, key: str = "size") -> tuple[int, int]:
+    """``(heads, ffn_groups)`` kept per split layer; a ``ValueError`` naming ``key`` otherwise."""
+    try:
+        return resolve_n_sub(spec, size)
+    except ValueError:
+        raise ValueError(f"{key}={size!r} is out of range for this model (n_head={spec.n_head}): use a head count "
+                         f"in 1..{spec.n_head} or a fraction in (0, 1].") from None
+
+
+def check_damp(damp: Any) -> None:
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < 1:
+        raise ValueError(f"damp={damp!r} must be in [0, 1) (a fraction of the mean covariance diagonal).")
+
+
+def check_settings(methods: Sequence[Method], structure: Structure, damp: Any, has_calibration: bool = True) -> None:
+    """The checks :func:`prune` makes of its settings, for callers that must fail before any work."""
+    check_damp(damp)
+    if structure == Structure.adaptive and Method.flap not in methods:
+        raise ValueError(f"structure=adaptive is FLAP's allocation; it needs method=flap (got "
+                         f"{[m.value for m in methods]}), or use structure=uniform.")
+    if not has_calibration and any(m in NEEDS_DATA for m in methods):
+        raise ValueError(f"method={[m.value for m in methods if m in NEEDS_DATA]} needs calibration data "
+                         "(calibrate(model, batches) on the training split).")
 
 
 def _parse_structure(value: Structure | str) -> Structure:
@@ -365,7 +391,9 @@ def _refit(sub: GPT, full: GPT, bp: Blueprint, calib: Calibration, damp: float, 
 @torch.no_grad()
 def reconstruction_errors(pruned: GPT, full: GPT, batches: Sequence[Batch], candidate: GPT | None = None
                           ) -> list[tuple[float, float]]:
-    """Per layer, the mean squared error of each branch's output against the full branch's, on the same inputs.
+    """Per layer, each branch's squared L2 output error per token against the full branch's, on the same inputs.
+
+    The models must be in eval mode (dropout off), as :func:`prune` returns them.
 
     The inputs are ``pruned``'s own stream (its layers so far); the branches scored are ``candidate``'s (default
     ``pruned``), so two pruned models with the same blueprint can be compared on identical inputs.
@@ -432,11 +460,7 @@ def prune(model: GPT, size: int | float, method: Method | str = Method.flap, cal
     structure = _parse_structure(structure)
     spec = PartitionSpec.from_config(model.config, common=common)
     _check_full(model, spec)
-    try:
-        n_heads, n_ffn = resolve_n_sub(spec, size)
-    except ValueError as err:
-        raise ValueError(f"size={size!r} is out of range (n_head={spec.n_head}): use a head count in "
-                         f"1..{spec.n_head} or a fraction in (0, 1]. ({err})") from None
+    n_heads, n_ffn = check_size(spec, size)
     if structure == Structure.adaptive and method != Method.flap:
         raise ValueError(f"structure=adaptive is FLAP's allocation; use it with method=flap (got method="
                          f"{method.value}), or structure=uniform.")
@@ -446,8 +470,7 @@ def prune(model: GPT, size: int | float, method: Method | str = Method.flap, cal
     if method == Method.flap and compensate and not model.config.bias:
         raise ValueError("method=flap folds removed units into c_proj.bias, but this model has bias=False; use "
                          "method=reconstruct, or flap with compensate=False (flap_compensate=false).")
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < 1:
-        raise ValueError(f"damp={damp!r} must be in [0, 1) (a fraction of the mean covariance diagonal).")
+    check_damp(damp)
     model.eval()
     if method == Method.random:
         bp = random_blueprint(spec, size, seed)
