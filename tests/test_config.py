@@ -52,7 +52,8 @@ def test_every_config_composes_and_resolves(group, option):
     ],
 )
 def test_schema_fields_are_constructor_arguments(schema, target):
-    fields = set(schema.__dataclass_fields__) - {"_target_", "eval_subnets"}
+    # eval_subnets is the run summary's, schedule is SubnetResampling's (test_schedule_reaches_the_callback)
+    fields = set(schema.__dataclass_fields__) - {"_target_", "eval_subnets", "schedule"}
     assert fields <= set(inspect.signature(target).parameters)
 
 
@@ -89,3 +90,17 @@ def test_every_recipe_composes_and_its_swept_keys_exist(recipe, monkeypatch):
             assert all(o in options(key) for o in str(cfg.hydra.sweeper.params[key]).split(","))
         else:
             assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key.startswith("+"), key
+
+
+def test_schedule_reaches_the_callback():
+    from twist_lightning.callbacks import SubnetResampling
+    from twist_lightning.run import resampling_callbacks
+
+    strategy = TwISTStrategy(variant="masked")
+    (callback,) = resampling_callbacks(_compose(["twist=masked", "+twist.schedule={0:1,100:15}"]), strategy)
+    assert isinstance(callback, SubnetResampling) and callback.schedule == {0: 1, 100: 15}
+    (plain,) = resampling_callbacks(_compose(["twist=masked"]), strategy)
+    assert plain.schedule is None
+    assert resampling_callbacks(_compose(["twist=none"]), None) == []
+    with pytest.raises(ValueError, match="schedule"):
+        resampling_callbacks(_compose(["twist=masked", "+twist.schedule={0:0}"]), strategy)

@@ -112,6 +112,9 @@ class TwISTConfig:
     outer: OuterOptimizer = OuterOptimizer.none  # nesterov: DiLoCo's outer step on central - average
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
+    # {from_step: sync interval} (SubnetResampling's), e.g. +twist.schedule='{0:1,100:15}' (the + adds keys to the
+    # empty default); empty = sync_every throughout
+    schedule: dict[int, int] = field(default_factory=dict)
     eval_subnets: int = 4  # random subnets at the training size evaluated in the final summary
 
 

@@ -89,6 +89,7 @@ def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | CountingDDPSt
     settings = kwargs_of(cfg.twist)
     variant = settings.pop("variant")
     settings.pop("eval_subnets")
+    settings.pop("schedule")  # SubnetResampling's: the callback owns the interval once there is a schedule
     trainer_strategy = str(cfg.trainer.get("strategy", "auto"))
     start_method = "spawn" if "spawn" in trainer_strategy else "popen"
     if variant == "none":
@@ -102,6 +103,14 @@ def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | CountingDDPSt
     strategy = TwISTStrategy(variant=variant, **settings)
     strategy.check(model, world_size(OmegaConf.to_container(cfg.trainer, resolve=True)))
     return strategy
+
+
+def resampling_callbacks(cfg: DictConfig, strategy: Any) -> list:
+    """``SubnetResampling`` for a TwIST run, with ``twist.schedule`` ({from_step: interval}) when one is set."""
+    if not isinstance(strategy, TwISTStrategy):
+        return []
+    schedule = OmegaConf.to_container(cfg.twist.schedule) if cfg.twist.get("schedule") else None
+    return [SubnetResampling(schedule=schedule)]
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list, strategy: Any = None) -> L.Trainer:
@@ -194,7 +203,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resume(cfg.ckpt_path, module.config)  # readable, same shape, finite: before the Trainer starts
     dm = build_datamodule(cfg)
     strategy = build_strategy(cfg, module.model)
-    callbacks = [SubnetResampling()] if isinstance(strategy, TwISTStrategy) else []
+    callbacks = resampling_callbacks(cfg, strategy)
 
     trainer = build_trainer(cfg, out_dir, extra_callbacks=callbacks, strategy=strategy)
     try:
