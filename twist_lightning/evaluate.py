@@ -56,6 +56,7 @@ from twist_lightning.model import GPT
 from twist_lightning.partition import Blueprint, PartitionSpec, importance_blueprint, random_blueprint, subnet
 from twist_lightning.prune import Calibration, Method, Structure, calibrate, calibration_batches, parse_method, prune
 from twist_lightning.prune import check_settings as check_prune_settings
+from twist_lightning.prune import parse_structure
 from twist_lightning.stacked import StackedSubnets
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
 from twist_lightning.vocab import CompactVocab
@@ -209,7 +210,7 @@ def evaluate_subnets(model: GPT, batches: Iterable[Batch], sizes: Sequence[int |
     spec.check_model(model)
     sizes = resolve_sizes(spec, sizes)
     methods = resolve_methods(methods)
-    structure = _check_structure(structure)
+    structure = parse_structure(structure)
     check_prune_settings(methods, structure, damp, has_calibration=calibration is not None)
     batches = list(batches)
     if not batches:
@@ -363,14 +364,6 @@ def train_calibration(dm: Any, samples: int, seed: int, device: torch.device,
     return [(vocab.encode(x), vocab.encode(y)) for x, y in batches] if vocab is not None else batches
 
 
-def _check_structure(structure: Any) -> Structure:
-    try:
-        return Structure(getattr(structure, "value", structure))
-    except ValueError:
-        raise ValueError(f"structure={structure!r} is not one of {[s.value for s in Structure]} (flap's "
-                         "allocation of units over layers).") from None
-
-
 def pick_device(device: str) -> torch.device:
     """``"auto"`` = the GPU when there is one, else the CPU."""
     if device == "auto":
@@ -394,7 +387,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
     """
     _check_subnet_batch(subnet_batch)
     methods = resolve_methods(methods)
-    structure = _check_structure(structure)
+    structure = parse_structure(structure)
     check_prune_settings(methods, structure, damp)
     if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
         raise ValueError(f"calib_samples={calib_samples!r} must be an int >= 1 (calibration sequences of the "

@@ -386,16 +386,13 @@ def _export_pruned(cfg: Any, layout: HFLayout) -> dict[str, Any]:
     """``method=...``: prune the checkpoint's full model with a post-training method and export the result."""
     from twist_lightning.checkpoint import load_gpt
     from twist_lightning.evaluate import build_datamodule, train_calibration
-    from twist_lightning.prune import NEEDS_DATA, Structure, calibrate, check_settings, parse_method, prune
+    from twist_lightning.prune import NEEDS_DATA, calibrate, check_settings, parse_method, parse_structure, prune
 
     method = parse_method(cfg.method)  # everything is checked before loading anything
     if cfg.selector != "random" or cfg.blueprint is not None:
         raise ValueError(f"method={method.value} chooses its own units; drop selector={cfg.selector}"
                          f"{' and blueprint=' if cfg.blueprint is not None else ''} (or method).")
-    try:
-        structure = Structure(getattr(cfg.structure, "value", cfg.structure))
-    except ValueError:
-        raise ValueError(f"structure={cfg.structure!r} is not one of {[s.value for s in Structure]}.") from None
+    structure = parse_structure(cfg.structure)
     check_settings([method], structure, cfg.damp)
     if cfg.size is None:
         raise ValueError(f"method={method.value} needs size=N (heads = FFN groups kept per split layer).")

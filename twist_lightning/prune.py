@@ -59,7 +59,7 @@ from twist_lightning.partition import (Blueprint, PartitionSpec, _per_layer, _to
                                        resolve_n_sub, unit_scores)
 
 __all__ = ["ALIASES", "Calibration", "ChannelStats", "Method", "PruneResult", "Structure", "calibrate",
-           "calibration_batches", "method_scores", "parse_method", "prune", "reconstruction_errors"]
+           "calibration_batches", "method_scores", "parse_method", "parse_structure", "prune", "reconstruction_errors"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -124,11 +124,13 @@ def check_settings(methods: Sequence[Method], structure: Structure, damp: Any, h
                          "(calibrate(model, batches) on the training split).")
 
 
-def _parse_structure(value: Structure | str) -> Structure:
+def parse_structure(value: Structure | str) -> Structure:
+    """``value`` as a :class:`Structure`; a ``ValueError`` naming ``structure`` otherwise."""
     try:
         return Structure(getattr(value, "value", value))
     except ValueError:
-        raise ValueError(f"structure={value!r} is not one of {[s.value for s in Structure]}.") from None
+        raise ValueError(f"structure={value!r} is not one of {[s.value for s in Structure]} (flap's allocation of "
+                         "units over layers).") from None
 
 
 # ---- calibration --------------------------------------------------------------------------------------------------
@@ -457,7 +459,7 @@ def prune(model: GPT, size: int | float, method: Method | str = Method.flap, cal
             needs calibration without it, or flap on a bias-free model.
     """
     method = parse_method(method)
-    structure = _parse_structure(structure)
+    structure = parse_structure(structure)
     spec = PartitionSpec.from_config(model.config, common=common)
     _check_full(model, spec)
     n_heads, n_ffn = check_size(spec, size)
