@@ -30,7 +30,7 @@ class Recording(TwISTLitModule):
         self.micro_batches.append(batch[0].clone())  # before the strategy hands each worker its rows
 
     def training_step(self, batch, batch_idx):
-        self.seen.append((len(self.micro_batches) - 1, self.trainer.strategy._active, batch[0].clone()))
+        self.seen.append((len(self.micro_batches) - 1, self.trainer.strategy.core.active, batch[0].clone()))
         return super().training_step(batch, batch_idx)
 
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from twist_lightning import config as schemas
 from twist_lightning.data import TextDataModule
-from twist_lightning.model import GPTConfig
+from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
 from twist_lightning.strategy import TwISTStrategy
 
@@ -52,8 +52,8 @@ def test_every_config_composes_and_resolves(group, option):
     ],
 )
 def test_schema_fields_are_constructor_arguments(schema, target):
-    # eval_subnets is the run summary's, schedule is SubnetResampling's (test_schedule_reaches_the_callback)
-    fields = set(schema.__dataclass_fields__) - {"_target_", "eval_subnets", "schedule"}
+    # eval_subnets is the run summary's
+    fields = set(schema.__dataclass_fields__) - {"_target_", "eval_subnets"}
     assert fields <= set(inspect.signature(target).parameters)
 
 
@@ -92,15 +92,23 @@ def test_every_recipe_composes_and_its_swept_keys_exist(recipe, monkeypatch):
             assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key.startswith("+"), key
 
 
-def test_schedule_reaches_the_callback():
+def test_schedule_and_warm_start_reach_the_strategy():
     from twist_lightning.callbacks import SubnetResampling
-    from twist_lightning.run import resampling_callbacks
+    from twist_lightning.run import build_strategy, resampling_callbacks
 
-    strategy = TwISTStrategy(variant="masked")
-    (callback,) = resampling_callbacks(_compose(["twist=masked", "+twist.schedule={0:1,100:15}"]), strategy)
-    assert isinstance(callback, SubnetResampling) and callback.schedule == {0: 1, 100: 15}
-    (plain,) = resampling_callbacks(_compose(["twist=masked"]), strategy)
-    assert plain.schedule is None
-    assert resampling_callbacks(_compose(["twist=none"]), None) == []
-    with pytest.raises(ValueError, match="schedule"):
-        resampling_callbacks(_compose(["twist=masked", "+twist.schedule={0:0}"]), strategy)
+    model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=16, vocab_size=64))
+    cfg = _compose(["twist=masked", "twist.workers_per_process=2", "+twist.schedule={0:1,100:15}", "twist.warm_start=5",
+                    "twist.optimizer_state=carry", "trainer.max_steps=200"])
+    strategy = build_strategy(cfg, model)
+    assert strategy.schedule == {0: 1, 100: 15} and strategy.warm_start == 5
+    assert [strategy.core.interval_at(s) for s in (0, 5, 99, 100)] == [1, 1, 1, 15]
+    plain = build_strategy(_compose(["twist=masked", "twist.workers_per_process=2"]), model)
+    assert plain.schedule == {} and plain.core.interval_at(1000) == plain.sync_every == 15
+    (callback,) = resampling_callbacks(strategy)
+    assert isinstance(callback, SubnetResampling)
+    assert resampling_callbacks(None) == []
+    with pytest.raises(ValueError, match=r"twist\.schedule\[0\]"):
+        build_strategy(_compose(["twist=masked", "twist.workers_per_process=2", "+twist.schedule={0:0}"]), model)
+    with pytest.raises(ValueError, match=r"twist\.warm_start=300 is not shorter"):
+        build_strategy(_compose(["twist=masked", "twist.workers_per_process=2", "twist.warm_start=300", "twist.optimizer_state=carry",
+                                 "trainer.max_steps=300"]), model)

@@ -200,14 +200,16 @@ def test_resampling_schedule_changes_the_sync_interval():
             self.rounds.append(trainer.strategy.round)
 
     probe = Rounds()
-    fit(make_module(), twist(variant="masked", n_sub=2, common="none", workers_per_process=2), max_steps=8,
-        batch_size=8, callbacks=[SubnetResampling(schedule={0: 1, 4: 2}), probe])
+    fit(make_module(), twist(variant="masked", n_sub=2, common="none", workers_per_process=2, schedule={0: 1, 4: 2}),
+        max_steps=8, batch_size=8, callbacks=[probe])
     assert probe.rounds == [1, 2, 3, 4, 4, 5, 5, 6]  # every step for 4 steps, then every second step
 
 
-def test_bad_schedule_is_refused():
-    with pytest.raises(ValueError, match="schedule"):
-        SubnetResampling(schedule={0: 0})
+@pytest.mark.parametrize("schedule, match", [({0: 0}, r"twist\.schedule\[0\]=0"), ({-1: 3}, "from_step -1"),
+                                             ([1, 2], "must be a mapping")])
+def test_bad_schedule_is_refused(schedule, match):
+    with pytest.raises(ValueError, match=match):
+        TwISTStrategy(schedule=schedule)
 
 
 @pytest.fixture(scope="module")

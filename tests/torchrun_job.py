@@ -38,11 +38,11 @@ def main() -> None:
     data = torch.randint(0, SHAPE["vocab_size"], (64, SHAPE["block_size"] + 1), generator=g)
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=4)
 
-    # strategy="twist" from the registry: torchrun's environment variables make Lightning use its
-    # TorchElasticEnvironment (no processes launched by Lightning; ranks and nodes come from torchrun)
-    trainer = L.Trainer(strategy="twist", accelerator="cpu", devices=1, num_nodes=args.nodes, max_steps=args.steps,
+    # torchrun's environment variables make Lightning use its TorchElasticEnvironment (no processes launched by
+    # Lightning; ranks and nodes come from torchrun)
+    trainer = L.Trainer(strategy=TwISTStrategy(sync_every=args.sync_every), accelerator="cpu", devices=1, num_nodes=args.nodes, max_steps=args.steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[SubnetResampling(every_n_steps=args.sync_every)])
+                        enable_model_summary=False, callbacks=[SubnetResampling()])
     trainer.fit(module, loader)
 
     strategy = trainer.strategy

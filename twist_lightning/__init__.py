@@ -1,19 +1,40 @@
 """twist-lightning: TwIST (independent subnetwork training) for GPT-2 as PyTorch Lightning plugins.
 
-Importing the package registers the ``"twist"`` and ``"twist_spawn"`` strategy names with Lightning.
+Importing the package registers the ``"twist"``, ``"twist_spawn"`` and ``"ddp_counting"`` strategy names with
+Lightning (``registry.py``) without importing Lightning itself: the pure-torch modules (``model``, ``partition``,
+``core``, ``prune``) load without it, and the public classes below load on first use.
 """
 
-from lightning.pytorch.strategies import StrategyRegistry
+from __future__ import annotations
 
-from twist_lightning.callbacks import SubnetResampling
-from twist_lightning.comm import CountingDDPStrategy
-from twist_lightning.model import GPT, GPTConfig
-from twist_lightning.module import TwISTLitModule
-from twist_lightning.strategy import TwISTStrategy
+import importlib
+from typing import Any
 
-# Lightning reads its registry only for its own classes, so a third-party strategy registers itself on import.
-TwISTStrategy.register_strategies(StrategyRegistry)
-CountingDDPStrategy.register_strategies(StrategyRegistry)
+from twist_lightning import registry as _registry
 
-__all__ = ["GPT", "GPTConfig", "CountingDDPStrategy", "SubnetResampling", "TwISTLitModule", "TwISTStrategy"]
-__version__ = "0.1.0"
+_registry.install()
+
+_EXPORTS = {
+    "GPT": "twist_lightning.model",
+    "GPTConfig": "twist_lightning.model",
+    "TwISTCore": "twist_lightning.core",
+    "CountingDDPStrategy": "twist_lightning.comm",
+    "SubnetResampling": "twist_lightning.callbacks",
+    "TwISTLitModule": "twist_lightning.module",
+    "TwISTStrategy": "twist_lightning.strategy",
+}
+
+__all__ = sorted(_EXPORTS)
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module 'twist_lightning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from twist_lightning.corpora import corpus_path
-
+from twist_lightning.options import OptimizerState, OuterOptimizer, Variant
 
 
 class Source(str, Enum):
@@ -24,29 +24,6 @@ class Source(str, Enum):
     bundled = "bundled"
     local = "local"
     hub = "hub"
-
-
-class Variant(str, Enum):
-    """How the workers hold their subnets (``none`` = plain Lightning data-parallel training, the baseline)."""
-
-    none = "none"
-    masked = "masked"
-    true = "true"
-    hybrid = "hybrid"
-
-
-class OuterOptimizer(str, Enum):
-    """The step a sync applies to the holders' average (see ``TwISTStrategy``)."""
-
-    none = "none"
-    nesterov = "nesterov"
-
-
-class OptimizerState(str, Enum):
-    """What a worker's AdamW moments do at a resample (see ``TwISTStrategy``)."""
-
-    reset = "reset"
-    carry = "carry"
 
 
 @dataclass
@@ -112,9 +89,10 @@ class TwISTConfig:
     outer: OuterOptimizer = OuterOptimizer.none  # nesterov: DiLoCo's outer step on central - average
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
-    # {from_step: sync interval} (SubnetResampling's), e.g. +twist.schedule='{0:1,100:15}' (the + adds keys to the
-    # empty default); empty = sync_every throughout
+    # {from_step: sync interval}, e.g. +twist.schedule='{0:1,100:15}' (the + adds keys to the empty default);
+    # empty = sync_every throughout
     schedule: dict[int, int] = field(default_factory=dict)
+    warm_start: int = 0  # first steps synchronous with full subnets (data-parallel), then TwIST; masked + carry
     eval_subnets: int = 4  # random subnets at the training size evaluated in the final summary
 
 

@@ -288,6 +288,25 @@ class GPT(nn.Module):
     def subnet_active(self) -> bool:
         return self._subnet is not None
 
+    @property
+    def subnet_state(self) -> list[LayerSubnet | None] | None:
+        """The running subnet's index tensors as ``set_subnet`` built them (``None``: the full model).
+
+        Assigning a value read here switches back to that subnet without rebuilding its indices: TwIST's virtual
+        workers swap subnets at every step.
+        """
+        return self._subnet
+
+    @subnet_state.setter
+    def subnet_state(self, value: list[LayerSubnet | None] | None) -> None:
+        if value is not None and (len(value) != self.config.n_layer
+                                  or not all(s is None or isinstance(s, LayerSubnet) for s in value)):
+            raise ValueError(f"subnet_state needs None or {self.config.n_layer} LayerSubnet|None entries (one per "
+                             "layer), as read from subnet_state after set_subnet.")
+        if value is not None and not self.config.is_full:
+            raise RuntimeError("subnet_state needs a full-size model; this one is already a physical subnet.")
+        self._subnet = value
+
     # ---- forward --------------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(logits (B, T, vocab), loss or None)`` for token ids ``idx`` (B, T)."""

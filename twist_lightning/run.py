@@ -32,6 +32,7 @@ from twist_lightning.guard import DivergenceError, DivergenceGuard
 from twist_lightning.io import AtomicCheckpointIO, NonFiniteCheckpointError, write_json
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
+from twist_lightning.options import GROUP_SPELLINGS
 from twist_lightning.partition import PartitionSpec
 from twist_lightning.progress import step_progress_bar
 from twist_lightning.strategy import TwISTStrategy
@@ -88,8 +89,8 @@ def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | CountingDDPSt
     """
     settings = kwargs_of(cfg.twist)
     variant = settings.pop("variant")
-    settings.pop("eval_subnets")
-    settings.pop("schedule")  # SubnetResampling's: the callback owns the interval once there is a schedule
+    settings.pop("eval_subnets")  # the run summary's
+    settings["schedule"] = {int(k): v for k, v in (settings.get("schedule") or {}).items()} or None
     trainer_strategy = str(cfg.trainer.get("strategy", "auto"))
     start_method = "spawn" if "spawn" in trainer_strategy else "popen"
     if variant == "none":
@@ -101,16 +102,15 @@ def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | CountingDDPSt
         raise ValueError(f"data.batch_size={per_process} cannot be split evenly over twist.workers_per_process="
                          f"{settings['workers_per_process']} virtual workers. HINT: use a multiple of it.")
     strategy = TwISTStrategy(variant=variant, **settings)
-    strategy.check(model, world_size(OmegaConf.to_container(cfg.trainer, resolve=True)))
+    max_steps = cfg.trainer.get("max_steps")
+    strategy.check(model, world_size(OmegaConf.to_container(cfg.trainer, resolve=True)),
+                   max_steps=None if max_steps is None else int(max_steps))
     return strategy
 
 
-def resampling_callbacks(cfg: DictConfig, strategy: Any) -> list:
-    """``SubnetResampling`` for a TwIST run, with ``twist.schedule`` ({from_step: interval}) when one is set."""
-    if not isinstance(strategy, TwISTStrategy):
-        return []
-    schedule = OmegaConf.to_container(cfg.twist.schedule) if cfg.twist.get("schedule") else None
-    return [SubnetResampling(schedule=schedule)]
+def resampling_callbacks(strategy: Any) -> list:
+    """``SubnetResampling`` for a TwIST run: ``twist/*`` metrics and the resume state in checkpoints."""
+    return [SubnetResampling()] if isinstance(strategy, TwISTStrategy) else []
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path, extra_callbacks: list, strategy: Any = None) -> L.Trainer:
@@ -203,7 +203,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resume(cfg.ckpt_path, module.config)  # readable, same shape, finite: before the Trainer starts
     dm = build_datamodule(cfg)
     strategy = build_strategy(cfg, module.model)
-    callbacks = resampling_callbacks(cfg, strategy)
+    callbacks = resampling_callbacks(strategy)
 
     trainer = build_trainer(cfg, out_dir, extra_callbacks=callbacks, strategy=strategy)
     try:
@@ -242,7 +242,7 @@ def main(cfg: DictConfig) -> float:
 
 def _alias_true_variant(argv: list[str]) -> list[str]:
     """Hydra parses ``twist=true`` as a boolean, which a config-group override refuses; it means ``physical``."""
-    return ["twist=physical" if arg in ("twist=true", "twist=True") else arg for arg in argv]
+    return [GROUP_SPELLINGS.get(arg, arg) for arg in argv]
 
 
 def _check_run_dir(argv: list[str]) -> None:

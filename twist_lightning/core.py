@@ -1,0 +1,423 @@
+"""``TwISTCore``: the TwIST algorithm as a pure-torch state machine (no Lightning, no Hydra).
+
+One object per process holds what TwIST is: the central model, the rounds and their blueprints, every local
+worker's values and optimizer state, the sync (holder averaging, the optional outer step, carried moments), the
+sync schedule and the resume state. ``TwISTStrategy`` drives it from Lightning's hooks; a plain training loop can
+drive it the same way::
+
+    core = TwISTCore(variant="masked", n_sub=6, sync_every=15, workers_per_process=4)
+    live = core.setup(model)                       # the GPT this process trains (the full model, or a slice)
+    opt = torch.optim.AdamW(live.parameters()); core.bind([opt])
+    for batch in loader:
+        for k in range(len(core.workers)):
+            core.activate(k)                       # worker k's values, subnet and optimizer state are live
+            loss(live, rows_of(batch, k)).backward(); opt.step(); opt.zero_grad()
+            core.deactivate(k)
+        core.end_step()                            # counts the step; syncs and resamples at a round's end
+
+All ranks draw the same blueprints from ``(seed, round)``, so the only communication is one ``all_gather`` of the
+held values per sync (in ``workers.exchange_held``).
+
+Variants:
+    masked: the live model is the full model running its subnet by index-select; units a worker does not hold are
+        restored after every step (AdamW's momentum and weight decay would otherwise move them).
+    true: the live model is a physically smaller dense GPT cut from the central model (the same shape every
+        round, so the optimizer keeps its tensors); only the held values travel.
+    hybrid: rank 0 trains masked, the other ranks physically.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.optim import Optimizer
+
+from twist_lightning.model import GPT
+from twist_lightning.options import TWIST_VARIANTS, OptimizerState, OuterOptimizer, Variant, choice
+from twist_lightning.partition import Blueprint, PartitionSpec, extract, param_index, sample_blueprints
+from twist_lightning.workers import (
+    CollectiveCounter,
+    Layout,
+    Worker,
+    average_over_holders,
+    exchange_held,
+    flatten_parameters,
+)
+
+MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam/AdamW state that "carry" averages over holders
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key}={value!r} must be an integer >= {minimum}.")
+    return value
+
+
+def check_schedule(schedule: Mapping[int, int] | None, key: str = "twist.schedule") -> dict[int, int]:
+    """``{from_step: interval}`` sorted by step, or a ``ValueError`` naming the bad entry."""
+    if schedule is None:
+        return {}
+    if not isinstance(schedule, Mapping):
+        raise ValueError(f"{key}={schedule!r} must be a mapping {{from_step: interval}}, e.g. {{0: 1, 100: 15}}.")
+    for step, n in schedule.items():
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{key}={dict(schedule)!r}: from_step {step!r} must be an integer >= 0.")
+        _positive_int(f"{key}[{step}]", n)
+    return dict(sorted(schedule.items()))
+
+
+class TwISTCore:
+    """The TwIST algorithm for one process: rounds, workers, syncs and resume state.
+
+    Args:
+        variant: ``"masked"``, ``"true"`` (``"physical"``) or ``"hybrid"`` (see the module docstring).
+        sync_every: optimizer steps between two syncs (the paper uses 15).
+        schedule: ``{from_step: interval}``, e.g. ``{0: 5, 1000: 15}``: the interval of the largest ``from_step``
+            reached applies, before that ``sync_every``. The one place the sync interval is decided.
+        n_sub: units kept per partitioned layer: an int count, or a float fraction in (0, 1].
+        common: layers every subnet keeps whole: ``"default"`` (first and last), ``"none"``, or a list of indices.
+        scale: multiply subnet attention/FFN outputs by sqrt(N_full / N_sub).
+        optimizer_state: ``"reset"`` starts every worker's AdamW moments from zero at every resample; ``"carry"``
+            averages the moments over their holders like the weights and slices them into the next subnets, with
+            Adam's step count continuing. ``carry`` needs Adam or AdamW.
+        workers_per_process: virtual workers each process simulates (S = world size x this).
+        warm_start: the first ``warm_start`` optimizer steps run synchronously (full subnets, a sync after every
+            step, plain averaging: data-parallel training), then TwIST (post-local SGD, Lin et al. 2018). Masked
+            variant and ``optimizer_state="carry"`` only: a physical worker keeps one subnet shape, and resetting
+            the moments at every one-step round would restart Adam every step.
+        outer: the step at a sync. ``"none"``: the central model becomes the holders' average. ``"nesterov"``
+            (DiLoCo, Douillard et al. 2023): the pseudo-gradient ``central - average`` is applied by an outer SGD
+            step with Nesterov momentum, ``m = mu m + delta; central -= outer_lr (delta + mu m)``. With
+            ``outer_lr=1, outer_momentum=0`` that is the plain average, exactly.
+        outer_lr: the outer step's learning rate (> 0; DiLoCo uses 0.7 for hundreds of local steps).
+        outer_momentum: its momentum ``mu`` in [0, 1) (DiLoCo: 0.9). The buffer lives with the central model and
+            is part of :meth:`state_dict`, so a resumed run continues it.
+        seed: seed of the blueprint sequence (the same on every rank).
+    """
+
+    def __init__(
+        self,
+        *,
+        variant: str | Variant = "masked",
+        sync_every: int = 15,
+        schedule: Mapping[int, int] | None = None,
+        n_sub: int | float = 0.5,
+        common: Any = "default",
+        scale: bool = True,
+        optimizer_state: str | OptimizerState = "reset",
+        workers_per_process: int = 1,
+        warm_start: int = 0,
+        outer: str | OuterOptimizer = "none",
+        outer_lr: float = 0.7,
+        outer_momentum: float = 0.9,
+        seed: int = 0,
+    ) -> None:
+        self.variant = choice("twist.variant", variant, Variant, TWIST_VARIANTS)
+        self.optimizer_policy = choice("twist.optimizer_state", optimizer_state, OptimizerState)
+        self.outer = choice("twist.outer", outer, OuterOptimizer)
+        self.sync_every = _positive_int("twist.sync_every", sync_every)
+        self.schedule = check_schedule(schedule)
+        self.workers_per_process = _positive_int("twist.workers_per_process", workers_per_process)
+        self.warm_start = _positive_int("twist.warm_start", warm_start, minimum=0)
+        if isinstance(n_sub, bool) or not isinstance(n_sub, (int, float)):
+            raise ValueError(f"twist.n_sub={n_sub!r} must be an int count or a float fraction in (0, 1].")
+        if isinstance(outer_lr, bool) or not isinstance(outer_lr, (int, float)) or not 0 < outer_lr < float("inf"):
+            raise ValueError(f"twist.outer_lr={outer_lr!r} must be a finite number > 0 (1 with outer_momentum=0 is "
+                             "plain averaging; DiLoCo uses 0.7).")
+        if isinstance(outer_momentum, bool) or not isinstance(outer_momentum, (int, float)) \
+                or not 0 <= outer_momentum < 1:
+            raise ValueError(f"twist.outer_momentum={outer_momentum!r} must lie in [0, 1) (DiLoCo uses 0.9).")
+        if self.warm_start and self.variant != Variant.masked:
+            raise ValueError(f"twist.warm_start={warm_start} needs twist.variant=masked (got "
+                             f"{self.variant.value!r}): a physical worker keeps one subnet shape for its optimizer, "
+                             "so it cannot train the full model during the warm start. HINT: use twist=masked or "
+                             "twist.warm_start=0.")
+        if self.warm_start and self.optimizer_policy != OptimizerState.carry:
+            raise ValueError(f"twist.warm_start={warm_start} needs twist.optimizer_state=carry: the warm start "
+                             "resamples after every step, and resetting AdamW's moments there restarts Adam at "
+                             "every step. HINT: add twist.optimizer_state=carry.")
+        self.n_sub, self.common, self.scale, self.seed = n_sub, common, bool(scale), seed
+        self.outer_lr, self.outer_momentum = float(outer_lr), float(outer_momentum)
+
+        self.rank, self.world_size = 0, 1
+        self.round, self.step_in_round, self.steps_done = 0, 0, 0
+        self.counter = CollectiveCounter()
+        self.spec: PartitionSpec | None = None
+        self.model: GPT | None = None  # the live model this process trains (full, or a physical slice)
+        self.central_model: GPT | None = None
+        self.central: torch.Tensor | None = None  # the central model's parameters, one flat vector
+        self.layout: Layout | None = None
+        self.blueprints: list[Blueprint] = []
+        self.all_indices: list[dict] = []
+        self.workers: list[Worker] = []
+        self.active: int | None = None
+        self.central_moments: dict[str, torch.Tensor] | None = None
+        self.outer_buffer: torch.Tensor | None = None  # Nesterov momentum of the pseudo-gradient, like central
+        self.optimizers: list[Optimizer] = []
+        self._live: torch.Tensor | None = None
+        self._pending: dict[str, Any] | None = None
+        self._round_warm = False  # whether the current round is a warm-start (synchronous, full) round
+
+    # ---- settings -------------------------------------------------------------------------------------------------
+    @property
+    def num_subnets(self) -> int:
+        return self.world_size * self.workers_per_process
+
+    def physical_on(self, rank: int) -> bool:
+        return self.variant == Variant.true or (self.variant == Variant.hybrid and rank != 0)
+
+    def interval_at(self, step: int) -> int:
+        """Optimizer steps per round for a round that starts at ``step``."""
+        if step < self.warm_start:
+            return 1
+        reached = [n for start, n in self.schedule.items() if start <= step]
+        return reached[-1] if reached else self.sync_every
+
+    def check(self, model: Any, world_size: int, max_steps: int | None = None) -> PartitionSpec:
+        """Validate the settings against the model, world size and run length; ``ValueError`` before training."""
+        if not isinstance(model, GPT) or not model.config.is_full:
+            raise ValueError("TwIST needs a LightningModule whose `model` attribute is a full-size "
+                             f"twist_lightning.GPT (got {type(model).__name__}); the model is not partitionable.")
+        if self.variant == Variant.hybrid and world_size < 2:
+            raise ValueError("twist.variant='hybrid' needs at least 2 processes (rank 0 masked, the others "
+                             "physical). HINT: set trainer.devices=2, or use variant masked/true in one process.")
+        if max_steps is not None and max_steps > 0 and self.warm_start >= max_steps:
+            raise ValueError(f"twist.warm_start={self.warm_start} is not shorter than the run "
+                             f"(trainer.max_steps={max_steps}), so TwIST would never start. HINT: use a warm start "
+                             "shorter than the run, or twist=none for data-parallel training.")
+        spec = PartitionSpec.from_config(model.config, common=self.common)
+        sample_blueprints(spec, world_size * self.workers_per_process, self.n_sub, self.seed, 0)  # raises if impossible
+        if not spec.split_layers:  # TwIST would silently train the full model on every worker
+            raise ValueError(f"twist.common={self.common!r} keeps all {spec.n_layer} layers of this model whole, so "
+                             "there is no layer to split into subnets. HINT: use twist.common=none, or a model with "
+                             "more layers than common ones (model.n_layer).")
+        return spec
+
+    # ---- set-up ---------------------------------------------------------------------------------------------------
+    def setup(self, model: GPT, rank: int = 0, world_size: int = 1) -> GPT:
+        """Make ``model`` the central model (rank 0's values on every rank) and return the model this rank trains.
+
+        Masked ranks train ``model`` itself and keep a copy as the central model; physical ranks keep ``model`` as
+        the central model and train a slice of it. A state loaded by :meth:`load_state_dict` sets the round here.
+        """
+        self.rank, self.world_size = rank, world_size
+        self.spec = self.check(model, world_size)
+        if world_size > 1:
+            for t in model.state_dict().values():  # what DistributedDataParallel's wrapper would have broadcast
+                dist.broadcast(t, src=0)
+        physical = self.physical_on(rank)
+        self.central_model = model if physical else copy.deepcopy(model)
+        self.central = flatten_parameters(self.central_model)
+        self.layout = Layout(self.central_model)
+        if self._pending is not None:
+            self.round, self.step_in_round = self._pending["round"], self._pending["step_in_round"]
+            self.steps_done = self._pending.get("steps_done", 0)
+        round_start = self.steps_done - self.step_in_round
+        blueprints = self._draw(self.round, round_start)
+        live = extract(self.central_model, blueprints[rank * self.workers_per_process], scale=self.scale) \
+            if physical else model
+        self.model = live
+        self._live = flatten_parameters(live)
+        self._start_round(blueprints)
+        return live
+
+    def bind(self, optimizers: Sequence[Optimizer]) -> None:
+        """The optimizers over the live model's parameters; applies a loaded state's worker values and moments."""
+        self.optimizers = list(optimizers)
+        if self.optimizer_policy == OptimizerState.carry and not all(
+                isinstance(o, torch.optim.Adam | torch.optim.AdamW) for o in self.optimizers):
+            raise ValueError("twist.optimizer_state='carry' averages Adam moments, but the optimizer is "
+                             f"{[type(o).__name__ for o in self.optimizers]}. HINT: use AdamW or optimizer_state=reset.")
+        if self._pending is None or self.central is None:
+            return
+        first = self.rank * self.workers_per_process
+        params = self.params()
+        for k, w in enumerate(self.workers):
+            saved = self._pending["workers"][first + k]
+            w.values.copy_(saved["values"].to(w.values.device))
+            w.optimizer_state = _restore_state(saved["optimizer"], params, w.values.device)
+        buffer = self._pending.get("outer_buffer")
+        self.outer_buffer = None if buffer is None else buffer.to(self.central.device, self.central.dtype)
+        self.counter.bytes = self._pending.get("bytes_communicated", 0)
+        self.counter.calls = self._pending.get("collective_calls", 0)
+        self._pending = None
+        self.activate(0)
+
+    def params(self) -> list[torch.Tensor]:
+        """The optimizers' parameters in order (the keys of every worker's optimizer state)."""
+        return [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+
+    def _draw(self, round: int, round_start: int) -> list[Blueprint]:
+        self._round_warm = round_start < self.warm_start
+        n_sub = 1.0 if self._round_warm else self.n_sub  # the warm start trains full subnets: data-parallel
+        return sample_blueprints(self.spec, self.num_subnets, n_sub, self.seed, round)
+
+    def _start_round(self, blueprints: list[Blueprint]) -> None:
+        """Give every local worker its new blueprint and its values sliced from the central model."""
+        self.blueprints = blueprints
+        device = self.central.device
+        self.all_indices = [param_index(self.central_model.config, bp, device) for bp in blueprints]
+        physical = self.physical_on(self.rank)
+        first = self.rank * self.workers_per_process
+        self.workers = []
+        for k in range(self.workers_per_process):
+            bp, index = blueprints[first + k], self.all_indices[first + k]
+            source = self.layout.gather_held(self.central, index) if physical else self.central
+            values = self._live if self.workers_per_process == 1 else torch.empty_like(source)
+            values.copy_(source)
+            worker = Worker(bp, index, values, physical, self._initial_state(index, physical))
+            if not physical:
+                self.model.set_subnet(list(bp.heads), list(bp.ffn), scale=self.scale)
+                worker.subnet_cache, worker.mask = self.model.subnet_state, self.layout.held_mask(index, device)
+            self.workers.append(worker)
+        self.activate(0)
+
+    def _initial_state(self, index: dict, physical: bool) -> dict:
+        """A new worker's optimizer state: empty (``reset``), or sliced from the central moments (``carry``)."""
+        state: dict = defaultdict(dict)
+        if self.optimizer_policy != OptimizerState.carry or self.central_moments is None:
+            return state
+        step = torch.tensor(float(self.steps_done))
+        sliced = {}
+        for key, flat in self.central_moments.items():
+            if physical:
+                sliced[key] = self.layout.split_held(self.layout.gather_held(flat, index), index)
+            else:
+                sliced[key] = self.layout.views(flat.clone())
+        for i, p in enumerate(self.model.parameters()):  # the live model, in layout order
+            state[p] = {"step": step.clone(), **{key: sliced[key][i].clone() for key in MOMENTS}}
+        return state
+
+    def coverage(self) -> float:
+        """Fraction of the partitioned units held by at least one worker this round (1.0 by construction)."""
+        covered = total = 0
+        for layer in range(self.spec.n_layer):
+            heads = set().union(*(bp.heads[layer] for bp in self.blueprints))
+            ffn = set().union(*(bp.ffn[layer] for bp in self.blueprints))
+            covered += len(heads) + len(ffn)
+            total += self.spec.n_head + self.spec.ffn_groups
+        return covered / total
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def activate(self, k: int) -> None:
+        """Make worker ``k`` live: its values in the model, its subnet, its optimizer state."""
+        w = self.workers[k]
+        if self.workers_per_process > 1:
+            self._live.copy_(w.values)
+        if not w.physical:
+            self.model.subnet_state = w.subnet_cache
+        for opt in self.optimizers:
+            opt.state = w.optimizer_state
+        self.active = k
+
+    def deactivate(self, k: int) -> None:
+        """After worker ``k``'s step: restore the units it does not hold, and keep its values."""
+        w = self.workers[k]
+        if not w.physical:  # units this worker does not hold go back to their central values
+            torch.where(w.mask, self._live, self.central, out=self._live)
+        if self.workers_per_process > 1:
+            w.values.copy_(self._live)
+
+    def end_step(self) -> bool:
+        """Count one optimizer step of every local worker; sync and resample at a round's end (returns whether)."""
+        self.step_in_round += 1
+        self.steps_done += 1
+        if self.step_in_round >= self.interval_at(self.steps_done - self.step_in_round):
+            self.sync()
+            return True
+        return False
+
+    def finish(self) -> None:
+        """Fold a last partial round into the central model, so no training is lost."""
+        if self.central is not None and self.step_in_round > 0:
+            self.sync()
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Average every parameter over its holders into the central model, then resample."""
+        carry = self.optimizer_policy == OptimizerState.carry
+        local = [w.held(self.layout) for w in self.workers]
+        n_held = local[0].numel()
+        if carry:  # values and Adam moments travel in the same all_gather: [values | exp_avg | exp_avg_sq]
+            local = [torch.cat([v, *(self._held_moments(w, key) for key in MOMENTS)])
+                     for w, v in zip(self.workers, local)]
+        parts = [h.split(n_held) for h in exchange_held(local, self.counter)]  # per worker: values(, moments...)
+        outer = self.outer != OuterOptimizer.none and not self._round_warm  # the warm start averages plainly
+        before = self.central.clone() if outer else None
+        average_over_holders(self.central, self.layout, [p[0] for p in parts], self.all_indices)
+        if before is not None:
+            self._outer_step(before)
+        if carry:
+            if self.central_moments is None:
+                self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
+            for i, key in enumerate(MOMENTS, start=1):
+                average_over_holders(self.central_moments[key], self.layout, [p[i] for p in parts], self.all_indices)
+        self.round += 1
+        self.step_in_round = 0
+        self._start_round(self._draw(self.round, self.steps_done))
+
+    def _held_moments(self, w: Worker, key: str) -> torch.Tensor:
+        """One Adam moment of a worker as a held vector (zeros where a parameter has no state yet)."""
+        flat = torch.cat([w.optimizer_state[p][key].reshape(-1) if key in w.optimizer_state.get(p, {})
+                          else torch.zeros(p.numel(), device=p.device, dtype=p.dtype) for p in self.model.parameters()])
+        return flat if w.physical else self.layout.gather_held(flat, w.index)
+
+    @torch.no_grad()
+    def _outer_step(self, before: torch.Tensor) -> None:
+        """Nesterov outer step on ``delta = before - average``; ``self.central`` holds the average on entry.
+
+        ``before - lr (delta + mu m)`` is computed as ``average + (1 - lr) delta - lr mu m`` so that ``lr=1, mu=0``
+        leaves the average bit for bit. Every rank holds the same central vector, so every rank takes the same
+        step without communication.
+        """
+        delta = before.sub_(self.central)  # the pseudo-gradient, in place of the copy
+        if self.outer_buffer is None:
+            self.outer_buffer = torch.zeros_like(self.central)
+        self.outer_buffer.mul_(self.outer_momentum).add_(delta)
+        self.central.add_(delta, alpha=1.0 - self.outer_lr)
+        if self.outer_momentum:
+            self.central.add_(self.outer_buffer, alpha=-self.outer_lr * self.outer_momentum)
+
+    # ---- resume state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue mid-round: all workers' values and optimizer states.
+
+        A collective with several processes (``all_gather_object``): every rank must call it.
+        """
+        params = self.params()
+        local = [{"values": w.values.detach().cpu().clone(), "optimizer": _cpu_state(w.optimizer_state, params)}
+                 for w in self.workers]
+        if self.world_size > 1:
+            gathered: list[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, local)
+            local = [w for rank in gathered for w in rank]
+        return {"round": self.round, "step_in_round": self.step_in_round, "steps_done": self.steps_done,
+                "workers": local,
+                "outer_buffer": None if self.outer_buffer is None else self.outer_buffer.detach().cpu().clone(),
+                "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Keep a saved state; :meth:`setup` applies its round, :meth:`bind` its workers' values and moments."""
+        missing = {"round", "step_in_round", "workers"} - set(state)
+        if missing:
+            raise ValueError(f"a TwIST resume state needs the keys {sorted(missing)}; this checkpoint's TwIST state "
+                             "is incomplete. HINT: resume from a checkpoint written by a TwIST run.")
+        self._pending = dict(state)
+
+
+def _cpu_state(state: dict, params: list[torch.Tensor]) -> dict[int, dict[str, Any]]:
+    """An optimizer state keyed by parameter, re-keyed by the parameter's position (pickles across processes)."""
+    return {i: {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in state[p].items()}
+            for i, p in enumerate(params) if p in state}
+
+
+def _restore_state(saved: dict[int, dict[str, Any]], params: list[torch.Tensor], device: torch.device) -> dict:
+    state: dict = defaultdict(dict)
+    for i, s in saved.items():
+        state[params[i]] = {k: (v.to(device) if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in s.items()}
+    return state
