@@ -88,6 +88,10 @@ def test_every_recipe_composes_and_its_swept_keys_exist(recipe, monkeypatch):
     for key in (cfg.hydra.sweeper.get("params") or {}):
         if key in GROUPS:  # a swept config group: each option must exist
             assert all(o in options(key) for o in str(cfg.hydra.sweeper.params[key]).split(","))
+        elif (RECIPES.parent / key.lstrip("+")).is_dir():  # a recipes/ group such as +arm
+            for option in str(cfg.hydra.sweeper.params[key]).split(","):
+                assert (RECIPES.parent / key.lstrip("+") / f"{option}.yaml").is_file(), (key, option)
+                _compose([f"recipe={recipe}", f"{key}={option}"])
         else:
             assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key.startswith("+"), key
 
@@ -112,3 +116,16 @@ def test_schedule_and_warm_start_reach_the_strategy():
     with pytest.raises(ValueError, match=r"twist\.warm_start=300 is not shorter"):
         build_strategy(_compose(["twist=masked", "twist.workers_per_process=2", "twist.warm_start=300", "twist.optimizer_state=carry",
                                  "trainer.max_steps=300"]), model)
+
+def test_aggregation_arms_set_what_they_name(monkeypatch):
+    monkeypatch.chdir(CONF.parent)
+
+    def arm(name):
+        return _compose(["recipe=aggregation_6of12_cpu", f"+arm={name}"]).twist
+
+    assert arm("dp").variant.value == "none" and arm("reset").variant.value == "masked"
+    assert arm("carry").optimizer_state.value == "carry" and arm("reset").optimizer_state.value == "reset"
+    assert (arm("nesterov").outer.value, arm("nesterov").outer_lr, arm("nesterov").outer_momentum) == ("nesterov", 0.7, 0.9)
+    assert arm("warm").warm_start == 50 and arm("warm").optimizer_state.value == "carry"
+    assert arm("diag_local").n_sub == 12 and arm("diag_local").sync_every == 15
+    assert arm("diag_partition").n_sub == 6 and arm("diag_partition").sync_every == 1
