@@ -71,3 +71,39 @@ def test_exchange_held_single_process_is_identity() -> None:
     local = [torch.arange(3.0), torch.arange(3.0) + 10]
     out = exchange_held(local)
     assert len(out) == 2 and all(torch.equal(a, b) for a, b in zip(out, local))
+
+
+def test_average_over_holders_equals_the_dense_mask_reference_bit_for_bit() -> None:
+    """Random values, three workers (one head and one FFN group held by nobody, embeddings held by all)."""
+    model = _model(2)
+    layout = Layout(model)
+    central = flatten_parameters(model)
+    before = central.clone()
+    spec = PartitionSpec.from_config(model.config, common="none")
+    bps = [explicit_blueprint(spec, heads=[[0, 1], [0, 3]], ffn=[[0, 2], [1]]),
+           explicit_blueprint(spec, heads=[[1, 2], [0, 1]], ffn=[[1], [2, 3]]),
+           explicit_blueprint(spec, heads=[[0, 2], [1, 2]], ffn=[[2], [0, 1]])]
+    indices = [param_index(model.config, bp) for bp in bps]
+    g = torch.Generator().manual_seed(0)
+    held = [torch.randn(layout.gather_held(central, i).numel(), generator=g) for i in indices]
+    sums, counts = torch.zeros_like(central), torch.zeros_like(central)
+    for h, index in zip(held, indices):
+        mask = layout.held_mask(index, central.device)
+        spread = torch.zeros_like(central)
+        spread[mask] = h  # the held vector lists a parameter's kept elements in row-major order
+        sums += spread
+        counts += mask
+    expected = torch.where(counts > 0, sums / counts.clamp_min(1.0), before)
+    average_over_holders(central, layout, held, indices)
+    assert torch.equal(central, expected)
+    assert bool((counts == 0).any()) and bool((counts == 3).any())  # both edge cases are exercised
+
+
+def test_gather_held_writes_into_a_given_buffer() -> None:
+    model = _model(3)
+    layout = Layout(model)
+    flat = flatten_parameters(model)
+    index = param_index(model.config, random_blueprint(PartitionSpec.from_config(model.config), 2, seed=1))
+    out = torch.empty(layout.gather_held(flat, index).numel())
+    assert layout.gather_held(flat, index, out=out) is out
+    assert torch.equal(out, layout.gather_held(flat, index))

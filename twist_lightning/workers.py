@@ -73,13 +73,25 @@ class Layout:
             offset += n
         return out
 
-    def gather_held(self, flat: torch.Tensor, index: ParamIndex) -> torch.Tensor:
-        """The held vector of a full-size flat buffer: each parameter, narrowed where ``index`` says."""
-        pieces = []
-        for name, view in zip(self.names, self.views(flat)):
-            piece = view.index_select(*index[name]) if name in index else view
-            pieces.append(piece.reshape(-1))
-        return torch.cat(pieces)
+    def gather_held(self, flat: torch.Tensor, index: ParamIndex, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The held vector of a full-size flat buffer: each parameter, narrowed where ``index`` says.
+
+        Each parameter's ``index_select`` writes straight into its slice of ``out`` (allocated when not given), so
+        there is no per-parameter temporary and no final concatenation.
+        """
+        shapes = self.held_shapes(index)
+        if out is None:
+            out = torch.empty(sum(s.numel() for s in shapes), dtype=flat.dtype, device=flat.device)
+        offset = 0
+        for name, view, shape in zip(self.names, self.views(flat), shapes):
+            n = shape.numel()
+            target = out[offset:offset + n].view(shape)
+            if name in index:
+                torch.index_select(view, *index[name], out=target)
+            else:
+                target.copy_(view)
+            offset += n
+        return out
 
     def held_mask(self, index: ParamIndex, device: torch.device) -> torch.Tensor:
         """A full-size bool vector, True where the subnet holds the element (1 byte an element)."""
@@ -138,20 +150,37 @@ def average_over_holders(central: torch.Tensor, layout: Layout, held: list[torch
     """Set each central element to the mean of its holders' values (unheld elements keep theirs).
 
     ``held[s]`` is worker ``s``'s held vector and ``indices[s]`` its parameter index, for all S workers. Holder
-    counts need no communication: every rank knows every blueprint. Works parameter by parameter, so the extra
-    memory is two copies of the largest parameter, not of the model.
+    counts need no communication: every rank knows every blueprint. Per parameter, the counts live along the one
+    narrowed dimension (a vector, not a full-size tensor), the sums go into one reused buffer the size of the
+    largest parameter, and the division and the "keep unheld" choice run in place: one pass per worker over its
+    held values plus two over the parameter, and no other full-size temporary.
     """
     pieces = [layout.split_held(h, idx) for h, idx in zip(held, indices)]  # [S][P] views
+    largest = max(shape.numel() for shape in layout.shapes)
+    buffer = torch.empty(largest, dtype=central.dtype, device=central.device)
     for p, (name, target) in enumerate(zip(layout.names, layout.views(central))):
-        sums = torch.zeros_like(target)
-        counts = torch.zeros_like(target)
+        narrowed = [index[name] for index in indices if name in index]
+        if not narrowed:  # every worker holds all of it: a plain mean
+            target.copy_(pieces[0][p])
+            for s in range(1, len(indices)):
+                target.add_(pieces[s][p].to(target.dtype))
+            target.div_(float(len(indices)))
+            continue
+        dim = narrowed[0][0]
+        if any(d != dim for d, _ in narrowed):
+            raise ValueError(f"{name}: workers narrow it along different dimensions {sorted({d for d, _ in narrowed})}.")
+        sums = buffer[:target.numel()].view(target.shape).zero_()
+        counts = torch.zeros(target.shape[dim], dtype=target.dtype, device=target.device)
         for s, index in enumerate(indices):
             piece = pieces[s][p].to(target.dtype)
             if name in index:
-                dim, idx = index[name]
-                sums.index_add_(dim, idx, piece)
-                counts.index_add_(dim, idx, torch.ones_like(piece))
+                sums.index_add_(dim, index[name][1], piece)
+                counts.index_add_(0, index[name][1], torch.ones(len(index[name][1]), dtype=target.dtype,
+                                                                 device=target.device))
             else:
                 sums.add_(piece)
                 counts.add_(1.0)
-        target.copy_(torch.where(counts > 0, sums / counts.clamp_min(1.0), target))
+        shape = [1] * target.dim()
+        shape[dim] = -1
+        sums.div_(counts.clamp_min(1.0).view(shape))
+        torch.where((counts > 0).view(shape), sums, target, out=target)
