@@ -15,15 +15,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from twist_lightning.corpora import corpus_path
+from twist_lightning.sources import DataSource
 
-
-
-class Source(str, Enum):
-    """``twist_lightning.data.DataSource`` with lower-case member names, as OmegaConf matches values by name."""
-
-    bundled = "bundled"
-    local = "local"
-    hub = "hub"
+#: The data-source enum of ``sources.py`` (lower-case member names, as OmegaConf matches values by name).
+Source = DataSource
 
 
 class Variant(str, Enum):
