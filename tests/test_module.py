@@ -101,7 +101,7 @@ def test_weight_decay_only_on_matrices_and_not_on_position_embeddings() -> None:
     names = {id(p): n for n, p in module.model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     kept = {names[id(p)] for p in no_decay["params"]}
-    assert not decayed & kept and decayed | kept == set(names.values())  # every parameter once (wte and lm_head are tied)
+    assert not decayed & kept and decayed | kept == set(names.values())  # each once (wte, lm_head are tied)
     assert "transformer.wte.weight" in decayed and "transformer.h.0.attn.c_attn.weight" in decayed
     assert "transformer.wpe.weight" in kept and "transformer.h.0.ln_1.weight" in kept
     assert all(n.endswith(".bias") or "ln" in n or "wpe" in n for n in kept)

@@ -51,7 +51,8 @@ def random_blueprint(spec: PartitionSpec, n_sub: int | float, seed: int) -> Blue
     """One subnet with a uniformly random ``N_sub``-subset of heads and of FFN groups on every split layer."""
     n_heads, n_ffn = resolve_n_sub(spec, n_sub)
     rng = seeded_rng("twist.random_blueprint", int(seed))
-    return per_layer_blueprint(spec, lambda _: (rng.sample(range(spec.n_head), n_heads), rng.sample(range(spec.ffn_groups), n_ffn)))
+    return per_layer_blueprint(spec, lambda _: (rng.sample(range(spec.n_head), n_heads),
+                                                rng.sample(range(spec.ffn_groups), n_ffn)))
 
 
 @torch.no_grad()
@@ -92,7 +93,8 @@ def importance_blueprint(model: GPT, spec: PartitionSpec, n_sub: int | float) ->
     spec.check_model(model)
     n_heads, n_ffn = resolve_n_sub(spec, n_sub)
     head_scores, ffn_scores = unit_scores(model)
-    return per_layer_blueprint(spec, lambda layer: (top_units(head_scores[layer], n_heads), top_units(ffn_scores[layer], n_ffn)))
+    return per_layer_blueprint(spec, lambda layer: (top_units(head_scores[layer], n_heads),
+                                                    top_units(ffn_scores[layer], n_ffn)))
 
 
 def explicit_blueprint(

@@ -3,7 +3,8 @@
 :func:`subnet` runs the full model as a masked subnet for the length of a ``with`` block. :func:`extract` cuts a
 blueprint's parameters out into a narrower dense GPT (whose logits and gradients equal the masked subnet's), and
 :func:`scatter` writes them back; both index through :func:`param_index`, built from ``model.head_rows`` /
-``model.head_cols`` / ``model.ffn_cols``. Averaging over holders is :func:`twist_lightning.workers.average_over_holders`.
+``model.head_cols`` / ``model.ffn_cols``. Averaging over holders is
+:func:`twist_lightning.workers.average_over_holders`.
 
 Pure torch; knows nothing of Lightning.
 """

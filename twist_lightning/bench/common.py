@@ -4,6 +4,8 @@ Every benchmark writes exactly::
 
     {"bench": NAME, "machine": {...}, "config": {...}, "rows": [...],
      "targets": [{"name": ..., "value": ..., "target": ..., "met": ...}]}
+
+The console table is :func:`twist_lightning.tables.format_table`, re-exported here for the benchmarks' old import.
 """
 
 from __future__ import annotations
