@@ -69,3 +69,33 @@ def test_prune_bench_tiny(tmp_path: Path) -> None:
     assert all(r["total_s"] == pytest.approx(r["calibration_s"] + r["method_s"]) for r in rows.values())
     assert all(r["params_ratio"] < 1.0 for r in rows.values())
     assert len(report["targets"]) == 5 and all(t["target"] == "<= 300" for t in report["targets"])
+
+
+def test_inference_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from twist_lightning.bench.__main__ import BENCHES, main
+
+    out = tmp_path / "inference.json"
+    argv = ["inference", "--preset", "tiny", "--out", str(out), "--warmup", "0", "--repeats", "1",
+            "--latency-repeats", "1"]
+    assert "inference" in BENCHES and main(argv) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"bench", "machine", "config", "rows", "targets"} and report["bench"] == "inference"
+    assert [r["name"] for r in report["rows"]] == ["dense", "3/4", "2/4", "1/4"]
+    assert report["config"]["batch"] == 8 and report["config"]["seq_len"] == 32  # capped at the tiny block_size
+    ratios = [r["flop_ratio"] for r in report["rows"]]
+    assert ratios[0] == 1.0 and ratios == sorted(ratios, reverse=True)
+    assert all(r["throughput_tok_s"] > 0 and r["latency_ms"] > 0 for r in report["rows"])
+    assert report["targets"][0]["name"].startswith("2/4 batch-8 speedup") and "dense" in capsys.readouterr().out
+
+
+def test_inference_bench_hf_rows(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from twist_lightning.bench.inference import run
+
+    report = run(preset="tiny", warmup=0, repeats=1, latency_repeats=1, hf=True)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["dense", "3/4", "2/4", "1/4", "hf dense", "hf 3/4", "hf 2/4", "hf 1/4"]
+    for name in ("dense", "3/4", "2/4", "1/4"):  # the HF export is exactly as big as the subnet it came from
+        assert rows[f"hf {name}"]["params_M"] == rows[name]["params_M"]
+        assert rows[f"hf {name}"]["flop_ratio"] == rows[name]["flop_ratio"]
+    assert rows["hf dense"]["speedup"] == 1.0 and [t["name"][:6] for t in report["targets"]] == ["2/4 ba", "hf 2/4"]

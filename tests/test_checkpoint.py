@@ -86,3 +86,29 @@ def test_weights_that_do_not_fit_the_config(ckpt: Path, tmp_path: Path) -> None:
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="do not fit its own model config"):
         load_gpt(path)
+
+
+def test_data_source_enum_in_hparams_loads_by_its_new_and_old_paths(ckpt: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A datamodule given the enum itself pickles it; checkpoints written before sources.py name it data.DataSource."""
+    import enum
+
+    import twist_lightning.data as data_mod
+    from twist_lightning.sources import DataSource
+
+    raw = torch.load(ckpt, weights_only=True)
+    raw["datamodule_hyper_parameters"]["source"] = DataSource.local
+    torch.save(raw, tmp_path / "new.ckpt")
+    assert load_gpt(tmp_path / "new.ckpt")[2]["source"] == "local"
+
+    class OldDataSource(str, enum.Enum):  # the class as the pickle names it: twist_lightning.data.DataSource
+        BUNDLED = "bundled"
+        LOCAL = "local"
+        HUB = "hub"
+
+    OldDataSource.__module__, OldDataSource.__qualname__ = "twist_lightning.data", "DataSource"
+    with monkeypatch.context() as patch:
+        patch.setattr(data_mod, "DataSource", OldDataSource)
+        raw["datamodule_hyper_parameters"]["source"] = OldDataSource.LOCAL
+        torch.save(raw, tmp_path / "old.ckpt")
+    assert load_gpt(tmp_path / "old.ckpt")[2]["source"] == "local"

@@ -1,10 +1,9 @@
-"""Tests for TextDataModule, TokenWindows and the token cache. None touches the network."""
+"""TextDataModule and TokenWindows: loaders, splits, settings, the compact vocabulary. None touches the network."""
 
 from __future__ import annotations
 
 import math
 import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,10 @@ import torch
 from torch.utils.data import DistributedSampler
 
 import twist_lightning.data as data_mod
+import twist_lightning.sources as sources
+import twist_lightning.token_cache as token_cache
 from twist_lightning.corpora import corpus_path
-from twist_lightning.data import DataSource, HubUnavailableError, TextDataModule, TokenWindows
+from twist_lightning.data import TextDataModule, TokenWindows
 from twist_lightning.tokenizer import EOT_ID, gpt2_encoding
 
 WIKITEXT = Path(corpus_path("wikitext-2-raw"))  # shipped in the repository's data/ (checksums verified)
@@ -41,6 +42,12 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+def _full_stream(path: Path) -> np.ndarray:
+    text = path.read_text(encoding="utf-8")
+    ids = gpt2_encoding().encode_ordinary(text)
+    return np.array(ids + ([] if text.endswith("\n") else [EOT_ID]))
+
+
 def test_windows_shapes_and_shift() -> None:
     ds = TokenWindows(np.arange(21, dtype=np.uint16), block_size=4)
     assert len(ds) == 5
@@ -64,63 +71,6 @@ def test_bundled_loads_and_unigram_ppl(tmp_path: Path) -> None:
     assert math.isfinite(ppl) and ppl > 1
     with pytest.raises(ValueError, match="No test split"):
         dm.test_dataloader()
-
-
-def test_cache_reused_without_retokenizing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    corpus = write_corpus(tmp_path / "corpus.txt")
-    first = make_dm(tmp_path, source="local", path=str(corpus))
-    first.setup("fit")
-    cache = first.cache_path
-    assert sorted(p.name for p in cache.iterdir()) == ["meta.json", "train.bin", "val.bin"]
-    assert not [p for p in cache.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
-
-    def fail(*args, **kwargs):
-        raise AssertionError("re-tokenized despite a valid cache")
-
-    monkeypatch.setattr(data_mod, "_tokenize_dataset", fail)
-    second = make_dm(tmp_path, source="local", path=str(corpus))
-    second.setup("fit")
-    assert second.cache_path == cache
-    np.testing.assert_array_equal(second.datasets["val"].tokens, first.datasets["val"].tokens)
-
-    # Editing the file changes the key, so the stale cache is not used (here: tokenizing is attempted).
-    write_corpus(corpus, tag="!")
-    edited = make_dm(tmp_path, source="local", path=str(corpus))
-    assert edited.cache_path != cache
-    with pytest.raises(AssertionError, match="re-tokenized"):
-        edited.setup("fit")
-
-
-def _full_stream(path: Path) -> np.ndarray:
-    text = path.read_text(encoding="utf-8")
-    ids = gpt2_encoding().encode_ordinary(text)
-    return np.array(ids + ([] if text.endswith("\n") else [EOT_ID]))
-
-
-def test_chunk_split_deterministic_and_complete(tmp_path: Path) -> None:
-    corpus = write_corpus(tmp_path / "corpus.txt")
-    dms = {}
-    for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
-        dms[name] = make_dm(tmp_path / name, source="local", path=str(corpus), seed=seed, val_fraction=0.2)
-        dms[name].setup("fit")
-    val = {k: np.asarray(dm.datasets["val"].tokens) for k, dm in dms.items()}
-    np.testing.assert_array_equal(val["a"], val["b"])
-    assert not np.array_equal(val["a"], val["c"])
-
-    # Train and val are disjoint whole chunks that together rebuild the stream in order.
-    full = _full_stream(corpus)
-    train = np.asarray(dms["a"].datasets["train"].tokens)
-    chunk = data_mod.CHUNK_BLOCKS * 8
-    ti = vi = n_val = 0
-    for start in range(0, len(full), chunk):
-        piece = full[start : start + chunk]
-        if np.array_equal(val["a"][vi : vi + len(piece)], piece):
-            vi, n_val = vi + len(piece), n_val + 1
-        else:
-            np.testing.assert_array_equal(train[ti : ti + len(piece)], piece)
-            ti += len(piece)
-    assert (ti, vi) == (len(train), len(val["a"]))
-    assert n_val == round(0.2 * math.ceil(len(full) / chunk))
 
 
 def test_local_folder_with_three_splits(tmp_path: Path) -> None:
@@ -151,42 +101,6 @@ def test_wikitext_valid_file_as_single_local_file(tmp_path: Path) -> None:
     restored = make_dm(tmp_path, source="local", path=str(path), block_size=64, vocab_size=512)
     restored.load_state_dict(dm.state_dict())
     assert restored.vocab == dm.vocab
-
-
-def test_wikitext_folder_without_train_file_is_an_error(tmp_path: Path) -> None:
-    dm = make_dm(tmp_path, source="local", path=str(WIKITEXT))
-    with pytest.raises(FileNotFoundError, match=r"no training file.*wiki\.train\.raw.*data\.path=.*wiki\.valid\.raw"):
-        dm.setup("fit")
-
-
-def test_hub_with_local_dataset_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "hubdata"
-    folder.mkdir()
-    write_corpus(folder / "train.txt", 300)
-    write_corpus(folder / "validation.txt", 60, start=1000)
-    write_corpus(folder / "test.txt", 60, start=2000)
-    hub = make_dm(tmp_path, source=DataSource.HUB, hub_name=str(folder))
-    hub.setup("fit")
-    local = make_dm(tmp_path, source="local", path=str(folder))
-    local.setup("fit")
-    for split in ("train", "val", "test"):
-        np.testing.assert_array_equal(hub.datasets[split].tokens, local.datasets[split].tokens)
-
-
-@pytest.mark.parametrize("offline_env", [True, False])
-def test_hub_offline_fails_fast_naming_local(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_env: bool
-) -> None:
-    if offline_env:
-        monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    else:  # no flag: the (patched, failing) socket probe must stop it
-        for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-            monkeypatch.delenv(var, raising=False)
-    dm = make_dm(tmp_path, source="hub", hub_name="wikitext", hub_config="wikitext-2-raw-v1")
-    start = time.perf_counter()
-    with pytest.raises(HubUnavailableError, match=r"data\.source=local data\.path="):
-        dm.setup("fit")
-    assert time.perf_counter() - start < 5
 
 
 def test_distributed_sampler_shards_are_disjoint(tmp_path: Path) -> None:
@@ -221,16 +135,6 @@ def test_bad_settings_fail_in_constructor(tmp_path: Path, kwargs: dict, error: t
     assert not (tmp_path / "cache").exists()  # rejected before any work
 
 
-def test_source_accepts_foreign_enum_and_strings(tmp_path: Path) -> None:
-    import enum
-
-    class Source(enum.Enum):  # as in a Hydra structured config
-        bundled = "bundled"
-
-    assert make_dm(tmp_path, source=Source.bundled).source is DataSource.BUNDLED
-    assert make_dm(tmp_path, source="BUNDLED").source is DataSource.BUNDLED
-
-
 def test_empty_corpus(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("")
@@ -238,16 +142,8 @@ def test_empty_corpus(tmp_path: Path) -> None:
         make_dm(tmp_path, source="local", path=str(empty)).setup("fit")
 
 
-def test_corpus_too_short_for_block_size(tmp_path: Path) -> None:
-    short = write_corpus(tmp_path / "short.txt", n_lines=3)
-    with pytest.raises(ValueError, match=r"\d+ tokens.*data\.block_size"):
-        make_dm(tmp_path, source="local", path=str(short), block_size=64).setup("fit")
-
-
-def test_split_too_short_for_block_size(tmp_path: Path) -> None:
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    write_corpus(folder / "train.txt", 300)
-    (folder / "valid.txt").write_text("tiny\n")
-    with pytest.raises(ValueError, match=r"val split has 2 tokens.*data\.block_size"):
-        make_dm(tmp_path, source="local", path=str(folder)).setup("fit")
+def test_names_that_moved_out_are_re_exported() -> None:
+    assert data_mod.DataSource is sources.DataSource and data_mod.HubUnavailableError is sources.HubUnavailableError
+    assert data_mod.HUB_PROBE_TIMEOUT_S == sources.HUB_PROBE_TIMEOUT_S
+    for name in ("CACHE_FORMAT", "CHUNK_BLOCKS", "SPLITS", "TOKEN_DTYPE", "default_cache_dir"):
+        assert getattr(data_mod, name) is getattr(token_cache, name), name

@@ -1,4 +1,4 @@
-"""Subnet evaluation: the Python API, the Hydra CLI on a real checkpoint, the robustness grid and errors."""
+"""python -m twist_lightning.evaluate: the Hydra CLI on a real checkpoint, the robustness grid and errors."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import twist_lightning.evaluate as evaluate_cli
 from test_checkpoint import fit_tiny_checkpoint
-from twist_lightning.evaluate import evaluate_subnets, register_configs, run_from_config, train_size_of
-from twist_lightning.model import GPT, GPTConfig
-from twist_lightning.partition import PartitionSpec
+from twist_lightning import checkpoint_data, config, evaluation, plots, tables
+from twist_lightning.evaluate import register_configs, run_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -32,53 +32,6 @@ def compose_eval(*overrides: str):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("evaluate", overrides=["progress=false", *overrides])
-
-
-def test_evaluate_subnets_api() -> None:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=64))
-    spec = PartitionSpec.from_config(model.config, common="default")  # only layer 1 is split
-    x = torch.randint(0, 64, (3, 16))
-    batches = [(x, torch.roll(x, -1, dims=1))]
-    res = evaluate_subnets(model, batches, [1, 0.5, 4], samples=3, spec=spec, seed=0)
-    assert [r["heads"] for r in res["sizes"]] == [1, 2, 4] and res["tokens"] == 48 and res["common"] == [0, 2]
-    assert all(len(r["random_ppl"]) == 3 and r["importance_ppl"] > 0 for r in res["sizes"])
-    full = res["sizes"][-1]  # size n_head is the full model: identical samples, no spread
-    assert full["std_ppl"] == 0 and full["mean_ppl"] == pytest.approx(res["full"]["ppl"])
-    assert res["full"]["ppl"] == pytest.approx(math.exp(res["full"]["loss"]))
-    again = evaluate_subnets(model, batches, [1], samples=3, spec=spec, seed=0, importance=False)
-    assert again["sizes"][0]["random_ppl"] == res["sizes"][0]["random_ppl"]  # reproducible from the seed
-    assert again["sizes"][0]["importance_ppl"] is None
-
-    class Exploding(list):
-        def __iter__(self):
-            raise AssertionError("data touched before the sizes were checked")
-
-    for bad in ([0], [5], [1.5], []):
-        with pytest.raises(ValueError, match=r"sizes"):
-            evaluate_subnets(model, Exploding(), bad, samples=2, spec=spec)
-    with pytest.raises(ValueError, match="samples=0"):
-        evaluate_subnets(model, batches, [1], samples=0, spec=spec)
-
-
-@pytest.mark.parametrize("common", ["none", "default"])
-def test_stacked_and_one_at_a_time_agree(common: str) -> None:
-    """subnet_batch only changes how subnets share forward passes, not their perplexities."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=64))
-    spec = PartitionSpec.from_config(model.config, common=common)
-    x = torch.randint(0, 64, (4, 16))
-    batches = [(x[:2], torch.roll(x[:2], -1, dims=1)), (x[2:], torch.roll(x[2:], -1, dims=1))]
-    runs = {n: evaluate_subnets(model, batches, [1, 2, 3], samples=5, spec=spec, seed=1, subnet_batch=n)
-            for n in (1, 2, 8, None)}  # None: the CPU default
-    for n in (2, 8, None):
-        for got, ref in zip(runs[n]["sizes"], runs[1]["sizes"]):
-            assert got["random_ppl"] == pytest.approx(ref["random_ppl"], rel=1e-5)
-            assert got["importance_ppl"] == pytest.approx(ref["importance_ppl"], rel=1e-5)
-    assert len(set(runs[8]["sizes"][0]["random_ppl"])) > 1  # distinct subnets, distinct results
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match=rf"subnet_batch={bad!r} must be an int >= 1"):
-            evaluate_subnets(model, batches, [1], samples=2, spec=spec, subnet_batch=bad)
 
 
 def test_cli_compose_writes_json_and_plot(ckpt: Path, tmp_path: Path) -> None:
@@ -131,15 +84,6 @@ def test_grid_csv_and_heatmap(ckpt: Path, tmp_path: Path) -> None:
         run_from_config(compose_eval("grid=true", f"checkpoints=[{ckpt}]", f"out={out}"))
 
 
-def test_train_size_from_run_folder(tmp_path: Path) -> None:
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text("twist:\n  variant: masked\n  n_sub: 0.5\n")
-    assert train_size_of(tmp_path / "checkpoints" / "last.ckpt") == 0.5
-    (tmp_path / ".hydra" / "config.yaml").write_text("twist:\n  variant: none\n  n_sub: 0.5\n")
-    assert train_size_of(tmp_path / "checkpoints" / "last.ckpt") is None
-
-
 def test_cli_subprocess(ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli" / "eval.json"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
@@ -187,3 +131,14 @@ def test_pruning_settings_fail_before_any_work(ckpt: Path, tmp_path: Path) -> No
         run_from_config(compose_eval(f"checkpoint={ckpt}", "method=[activation]", "structure=adaptive",
                                      f"out={tmp_path / 'e.json'}"))
     assert not any((tmp_path / n).exists() for n in ("a.json", "b.json", "c.json", "d.json", "e.json"))
+
+
+def test_names_that_moved_out_are_re_exported() -> None:
+    homes = {evaluation: ["evaluate_checkpoint", "evaluate_grid", "evaluate_subnets", "pick_device",
+                          "resolve_methods", "resolve_sizes", "subnet_blueprints", "train_size_of"],
+             checkpoint_data: ["CORPUS_KEYS", "build_datamodule", "collect_batches", "train_calibration"],
+             tables: ["TABLE_COLUMNS", "table_columns", "table_rows", "write_csv"],
+             plots: ["plot_boxes", "plot_grid"], config: ["EvalDataConfig", "EvaluateConfig", "register_configs"]}
+    for home, names in homes.items():
+        for name in names:
+            assert getattr(evaluate_cli, name) is getattr(home, name), name

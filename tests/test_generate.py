@@ -113,3 +113,12 @@ def test_cli_config_composes_and_rejects_a_typo():
             compose("generate", overrides=["max_new_tokenz=3"])
         with pytest.raises(Exception, match="selector"):
             compose("generate", overrides=["selector=biggest"])
+
+
+def test_names_that_moved_out_are_re_exported():
+    import twist_lightning.generate as generate_cli
+    from twist_lightning import config, generation, selection
+
+    for name in ("decode_ids", "encode_prompt"):
+        assert getattr(generate_cli, name) is getattr(generation, name)
+    assert generate_cli.Selector is selection.Selector and generate_cli.GenerateConfig is config.GenerateConfig

@@ -125,7 +125,7 @@ def test_cli_divergence_exits_non_zero_with_valid_json_and_keeps_the_finite_chec
 
 
 def test_evaluate_reports_a_diverged_model_instead_of_crashing(tmp_path):
-    from twist_lightning.evaluate import evaluate_subnets
+    from twist_lightning.evaluation import evaluate_subnets
     from twist_lightning.io import write_json
     from twist_lightning.model import GPT
     from twist_lightning.partition import PartitionSpec

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from twist_lightning.export import export_hf, export_subnet
+from twist_lightning.blueprints import PartitionSpec
+from twist_lightning.dense_export import export_subnet
+from twist_lightning.hf_export import export_hf
 from twist_lightning.hf_tokenizer import DECODING_NOTE, bytes_to_unicode, gpt2_vocab_and_merges, recover_merges
 from twist_lightning.model import GPT, GPTConfig
-from twist_lightning.partition import PartitionSpec, random_blueprint
+from twist_lightning.selection import random_blueprint
 from twist_lightning.sampling import sample
 from twist_lightning.tokenizer import gpt2_encoding
 from twist_lightning.vocab import CompactVocab

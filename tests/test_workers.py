@@ -6,9 +6,9 @@ import copy
 
 import torch
 
+from test_subnets import unit_mask
 from twist_lightning.model import GPT, GPTConfig
-from twist_lightning.partition import PartitionSpec, explicit_blueprint, extract, param_index, random_blueprint, \
-    unit_mask
+from twist_lightning.partition import PartitionSpec, explicit_blueprint, extract, param_index, random_blueprint
 from twist_lightning.workers import Layout, average_over_holders, exchange_held, flatten_parameters
 
 

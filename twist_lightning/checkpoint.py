@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from twist_lightning.data import DataSource
+from twist_lightning.sources import DataSource
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.vocab import CompactVocab
 
@@ -33,6 +33,8 @@ __all__ = ["CheckpointError", "check_shape", "data_hparams", "load_checkpoint", 
 #: Shape fields of GPTConfig that must agree for two models to share weights.
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "ffn_groups", "vocab_size", "block_size", "bias")
 _PREFIX = "model."
+#: Where the data-source enum lived before ``sources.py``, as pickles in older checkpoints name it.
+_OLD_SOURCE_PATHS = ("twist_lightning.data.DataSource", "twist_lightning.config.Source")
 _FIX = "pass a .ckpt written by `python -m twist_lightning.run` (e.g. outputs/train/<date>/checkpoints/last.ckpt)"
 
 
@@ -63,8 +65,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise FileNotFoundError(f"checkpoint={str(path)!r} is a directory, not a checkpoint file. Fix: "
                                 + (f"did you mean checkpoint={hint}?" if hint else f"{_FIX}."))
     try:
-        # DataSource may appear in datamodule hparams when a user passed the enum itself
-        with torch.serialization.safe_globals([DataSource]):
+        # DataSource may appear in datamodule hparams when a user passed the enum itself; older checkpoints name it
+        # by its former homes
+        with torch.serialization.safe_globals([DataSource, *((DataSource, old) for old in _OLD_SOURCE_PATHS)]):
             ckpt = torch.load(p, map_location=map_location, weights_only=weights_only)
     except Exception as err:  # noqa: BLE001 - unpickling garbage raises anything (KeyError, struct.error, ...)
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__

@@ -1,29 +1,29 @@
 """Hydra structured-config schemas that mirror the Python constructors, so a typo fails at compose time.
 
-Each ``conf/<group>/*.yaml`` extends its group's ``base_<group>`` schema (``defaults: [base_<group>, _self_]``);
-``register_configs()`` puts the schemas in Hydra's ConfigStore and is called by ``run.py`` and the tests. Only
-the entry points import this module: the library itself never needs Hydra.
+Each ``conf/<group>/*.yaml`` extends its group's ``base_<group>`` schema (``defaults: [base_<group>, _self_]``),
+and ``conf/evaluate.yaml``, ``export.yaml`` and ``generate.yaml`` extend ``base_evaluate`` / ``base_export`` /
+``base_generate``, the schemas of the other entry points. ``register_configs()`` puts every schema in Hydra's
+ConfigStore and is called by the entry points and the tests. Only the entry points import this module: the
+library itself never needs Hydra. The enums the schemas use are the library's own (``DataSource``, ``Selector``,
+``HFLayout``), so a value has one definition.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from twist_lightning.corpora import corpus_path
+from twist_lightning.hf_export import HFLayout
 from twist_lightning.options import OptimizerState, OuterOptimizer, Variant
+from twist_lightning.selection import Selector
+from twist_lightning.sources import DataSource
 
-
-class Source(str, Enum):
-    """``twist_lightning.data.DataSource`` with lower-case member names, as OmegaConf matches values by name."""
-
-    bundled = "bundled"
-    local = "local"
-    hub = "hub"
+#: The data-source enum of ``sources.py`` (lower-case member names, as OmegaConf matches values by name).
+Source = DataSource
 
 
 @dataclass
@@ -111,6 +111,100 @@ class TrainConfig:
     task_name: str = "train"
 
 
+# ---- the other entry points: evaluate, export, generate (conf/evaluate.yaml, export.yaml, generate.yaml) ---------
+@dataclass
+class EvalDataConfig:
+    """``TextDataModule`` overrides; ``None`` keeps the checkpoint's own setting."""
+
+    source: Optional[str] = None
+    path: Optional[str] = None
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    block_size: Optional[int] = None
+    batch_size: Optional[int] = None
+    val_fraction: Optional[float] = None
+    cache_dir: Optional[str] = None
+    num_workers: Optional[int] = None
+    num_proc: Optional[int] = None
+    seed: Optional[int] = None
+
+
+@dataclass
+class EvaluateConfig:
+    """``python -m twist_lightning.evaluate`` settings (conf/evaluate.yaml)."""
+
+    checkpoint: Optional[str] = None  # required unless grid=true
+    sizes: Optional[list[Any]] = None  # head counts or fractions; None = 1..n_head
+    samples: int = 8
+    importance: bool = True
+    common: Any = "default"
+    scale: bool = True
+    seed: int = 0
+    split: str = "val"
+    max_batches: Optional[int] = 20
+    batch_tokens: int = 4096
+    subnet_batch: Optional[int] = None  # same-size subnets per forward pass; None = 8 on CUDA, 1 on CPU
+    method: list[str] = field(default_factory=list)  # pruning baselines: random|magnitude|activation|flap|reconstruct
+    calib_samples: int = 128  # calibration sequences from the *training* split
+    calib_seed: int = 0
+    structure: str = "uniform"  # flap's allocation: uniform | adaptive
+    damp: float = 0.01  # reconstruct's ridge term (a fraction of the mean covariance diagonal)
+    flap_compensate: bool = True  # flap's bias compensation; false = FLAP's units with the random subnets' scaling
+    device: str = "auto"
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    out: Optional[str] = None  # eval.json (grid: the CSV); default: the Hydra run dir
+    plot: bool = True
+    progress: bool = True
+    grid: bool = False
+    checkpoints: list[str] = field(default_factory=list)
+    train_sizes: Optional[list[Any]] = None
+
+
+@dataclass
+class ExportConfig:
+    """``python -m twist_lightning.export`` settings (conf/export.yaml)."""
+
+    checkpoint: str = MISSING
+    out: str = MISSING
+    size: Any = None  # head count per split layer, or a fraction of n_head in (0, 1]
+    selector: str = "random"
+    seed: int = 0
+    blueprint: Optional[str] = None  # selector=explicit: Blueprint JSON file
+    common: Any = "default"  # layers kept whole ("default" = first and last, "none", or indices)
+    scale: bool = True
+    hf: bool = False
+    hf_layout: HFLayout = HFLayout.pruned
+    method: Optional[str] = None  # a pruning baseline instead of a subnet: random|magnitude|activation|flap|reconstruct
+    calib_samples: int = 128  # method's calibration sequences, from the checkpoint's training split
+    calib_seed: int = 0
+    structure: str = "uniform"  # method=flap: uniform | adaptive
+    damp: float = 0.01  # method=reconstruct's ridge term
+    flap_compensate: bool = True  # method=flap's bias compensation; false = FLAP's units, scaled like random subnets
+
+
+@dataclass
+class GenerateConfig:
+    """``python -m twist_lightning.generate`` settings (conf/generate.yaml)."""
+
+    checkpoint: Optional[str] = None  # a training checkpoint (.ckpt); or
+    ticket: Optional[str] = None  # an exported subnet folder
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_k: Optional[int] = 200
+    seed: int = 0  # of the sampling
+    num_samples: int = 1
+    stop_at_eot: bool = True  # end a sample at <|endoftext|>
+    size: Any = None  # checkpoint only: heads per split layer (or a fraction) of a subnet; None = the full model
+    selector: Selector = Selector.random
+    subnet_seed: int = 0  # selector=random
+    blueprint: Optional[str] = None  # selector=explicit: a Blueprint JSON file
+    common: Any = "default"  # layers kept whole by the subnet: "default" (first and last), "none", or indices
+    scale: bool = True  # TwIST's sqrt(N_full / N_sub) branch scaling, as trained
+    device: str = "cpu"
+    out: Optional[str] = None  # also write the samples and settings as JSON here
+
+
 def register_configs() -> None:
     """Store the schemas under the names the YAML files extend, and the ``${corpus:NAME}`` resolver for data/."""
     # a path into the repository's data/ folder that does not depend on the working directory (corpora.py)
@@ -121,3 +215,6 @@ def register_configs() -> None:
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="module", name="base_module", node=ModuleConfig)
     cs.store(group="twist", name="base_twist", node=TwISTConfig)
+    for name, node in (("base_evaluate", EvaluateConfig), ("base_export", ExportConfig),
+                       ("base_generate", GenerateConfig)):  # the primary configs of the other entry points
+        cs.store(name=name, node=node)

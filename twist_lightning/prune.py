@@ -7,9 +7,9 @@ chose. None of them trains: the only data they see is a small calibration set fr
 
 Methods (``method=`` values):
 
-- ``random``: uniformly random units (:func:`~twist_lightning.partition.random_blueprint`).
+- ``random``: uniformly random units (:func:`~twist_lightning.selection.random_blueprint`).
 - ``magnitude`` (alias ``importance``): the units with the largest weight norms
-  (:func:`~twist_lightning.partition.unit_scores`), no data.
+  (:func:`~twist_lightning.selection.unit_scores`), no data.
 - ``activation``: Wanda's score (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs",
   arXiv 2306.11695), ``|W_ij| * ||X_j||_2``, summed over the input channels of each unit's output projection
   (the structured "Wanda-sp" form that An et al. 2024 use as a baseline). Departure: Wanda scores every weight
@@ -55,8 +55,9 @@ import torch
 from torch import nn
 
 from twist_lightning.model import GPT, ffn_cols
-from twist_lightning.partition import (Blueprint, PartitionSpec, _per_layer, _top, extract, random_blueprint,
-                                       resolve_n_sub, unit_scores)
+from twist_lightning.blueprints import Blueprint, PartitionSpec, resolve_n_sub
+from twist_lightning.selection import per_layer_blueprint, random_blueprint, top_units, unit_scores
+from twist_lightning.subnets import extract
 
 __all__ = ["ALIASES", "Calibration", "ChannelStats", "Method", "PruneResult", "Structure", "calibrate",
            "calibration_batches", "method_scores", "parse_method", "parse_structure", "prune", "reconstruction_errors"]
@@ -284,7 +285,7 @@ def method_scores(model: GPT, method: Method | str, calibration: Calibration | N
     if method == Method.magnitude:
         return tuple(s.double() for s in unit_scores(model))  # type: ignore[return-value]
     if method == Method.random:
-        raise ValueError("method=random has no scores; it samples units (partition.random_blueprint).")
+        raise ValueError("method=random has no scores; it samples units (selection.random_blueprint).")
     if calibration is None:
         raise ValueError(f"method={method.value} needs calibration data (calib_samples sequences of the training "
                          "split); pass calibration=calibrate(model, batches).")
@@ -320,9 +321,9 @@ def _adaptive(spec: PartitionSpec, scores: torch.Tensor, per_layer: int) -> dict
 def _select(spec: PartitionSpec, heads: torch.Tensor, ffn: torch.Tensor, n_heads: int, n_ffn: int,
             structure: Structure) -> Blueprint:
     if structure == Structure.uniform:
-        return _per_layer(spec, lambda layer: (_top(heads[layer], n_heads), _top(ffn[layer], n_ffn)))
+        return per_layer_blueprint(spec, lambda layer: (top_units(heads[layer], n_heads), top_units(ffn[layer], n_ffn)))
     h, f = _adaptive(spec, heads, n_heads), _adaptive(spec, ffn, n_ffn)
-    return _per_layer(spec, lambda layer: (h[layer], f[layer]))
+    return per_layer_blueprint(spec, lambda layer: (h[layer], f[layer]))
 
 
 # ---- weight updates -----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from twist_lightning.callbacks import SubnetResampling
 from twist_lightning.comm import CountingDDPStrategy
 from twist_lightning.config import register_configs
 from twist_lightning.data import TextDataModule
-from twist_lightning.evaluate import evaluate_subnets
+from twist_lightning.evaluation import evaluate_subnets
 from twist_lightning.guard import DivergenceError, DivergenceGuard
 from twist_lightning.io import AtomicCheckpointIO, NonFiniteCheckpointError, write_json
 from twist_lightning.model import GPT, GPTConfig

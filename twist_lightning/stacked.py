@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from twist_lightning.model import GPT, ffn_cols, head_cols, head_rows
-from twist_lightning.partition import Blueprint
+from twist_lightning.blueprints import Blueprint
 
 __all__ = ["StackedSubnets"]
 

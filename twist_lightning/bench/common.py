@@ -4,6 +4,8 @@ Every benchmark writes exactly::
 
     {"bench": NAME, "machine": {...}, "config": {...}, "rows": [...],
      "targets": [{"name": ..., "value": ..., "target": ..., "met": ...}]}
+
+The console table is :func:`twist_lightning.tables.format_table`, re-exported here for the benchmarks' old import.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from twist_lightning.tables import format_cell, format_table
+
+__all__ = ["base_parser", "format_report", "format_table", "machine_info", "make_report", "target", "time_fn",
+           "time_interleaved", "write_report"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -111,24 +118,10 @@ def write_report(report: dict[str, Any], path: Path | str | None) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Fixed-width text table of ``columns`` of ``rows`` (missing cells blank)."""
-    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
-    return "\n".join([line(list(columns)), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
 def format_report(report: dict[str, Any], columns: Sequence[str]) -> str:
     """Console view of a report: the rows table and one line per target."""
     out = [f"bench {report['bench']} | torch {report['machine']['torch']} | {report['machine']['threads']} threads | "
            f"{report['machine']['processor']}", format_table(report["rows"], columns)]
     for t in report["targets"]:
-        out.append(f"target {t['name']}: {_cell(t['value'])} (want {t['target']}) -> {'MET' if t['met'] else 'MISSED'}")
+        out.append(f"target {t['name']}: {format_cell(t['value'])} (want {t['target']}) -> {'MET' if t['met'] else 'MISSED'}")
     return "\n".join(out)

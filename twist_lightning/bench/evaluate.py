@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from twist_lightning.bench.common import base_parser, format_report, make_report, write_report
-from twist_lightning.evaluate import evaluate_subnets
+from twist_lightning.blueprints import PartitionSpec
+from twist_lightning.evaluation import evaluate_subnets
 from twist_lightning.model import GPT, GPTConfig
-from twist_lightning.partition import PartitionSpec
 
 COLUMNS = ["name", "subnet_batch", "subnets", "tokens", "time_s", "s_per_subnet", "speedup", "max_rel_ppl_diff"]
 

@@ -2,7 +2,7 @@
 
 ``python -m twist_lightning.bench inference --out FILE`` runs forward passes only (eval mode, ``inference_mode``) of
 the dense GPT-2 124M shape (random init) and of its exported 9/12, 6/12 and 3/12 subnets (every layer split,
-C = none; :func:`~twist_lightning.partition.extract`), side by side in one run: throughput (tokens/s) at batch 8
+C = none; :func:`~twist_lightning.subnets.extract`), side by side in one run: throughput (tokens/s) at batch 8
 and latency at batch 1, prompt length 256. Repeats are interleaved across models and the minimum is taken, since
 on a shared CPU other processes only ever add time. Each row has the analytic FLOP ratio beside the measured
 speed-up. Target: the 6/12 subnet's batch-8 speed-up reaches 90% of what its FLOP ratio allows
@@ -21,8 +21,10 @@ import torch
 
 from twist_lightning.bench.common import base_parser, format_report, make_report, target, time_interleaved, write_report
 from twist_lightning.bench.subnet import forward_flops_per_token, model_shape_row, param_bytes
+from twist_lightning.blueprints import Blueprint, PartitionSpec
 from twist_lightning.model import GPT, GPTConfig
-from twist_lightning.partition import Blueprint, PartitionSpec, extract, random_blueprint
+from twist_lightning.selection import random_blueprint
+from twist_lightning.subnets import extract
 
 #: Fractions of the units kept per layer (C = none); 1.0 = the dense model.
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)
@@ -45,7 +47,7 @@ def build_models(cfg: GPTConfig, seed: int, device: torch.device, hf: bool = Fal
             k = round(fraction * cfg.n_head)
             models[f"{k}/{cfg.n_head}"] = extract(dense, random_blueprint(spec, fraction, seed)).eval()
     if hf:
-        from twist_lightning.export import to_hf
+        from twist_lightning.hf_export import to_hf  # transformers, only when asked for
 
         exported = {n: (extract(m, Blueprint.full(spec)) if n == "dense" else m) for n, m in models.items()}
         models.update({f"hf {n}": to_hf(m).eval() for n, m in exported.items()})  # to_hf needs extract's blueprint

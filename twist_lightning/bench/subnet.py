@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from twist_lightning.bench.common import base_parser, format_report, make_report, target, time_interleaved, write_report
+from twist_lightning.blueprints import PartitionSpec
 from twist_lightning.model import GPT, GPTConfig
-from twist_lightning.partition import PartitionSpec, extract, random_blueprint
+from twist_lightning.selection import random_blueprint
+from twist_lightning.subnets import extract
 
 #: (common set, fraction of units per split layer); None = the dense model.
 VARIANTS: list[tuple[str, float] | None] = [None, ("none", 0.5), ("none", 0.25), ("default", 0.5)]
