@@ -4,10 +4,11 @@
   outside ``twist_lightning.bench`` imports it; the benchmarks import library modules only; no command line
   imports another.
 - Hydra and OmegaConf are imported by ``config.py`` and the command lines only.
-- The pure-torch modules (``model``, the partition modules, ``prune``, and ``core`` once it exists) import neither
+- The pure-torch modules (``model``, the partition modules, ``prune``, ``core``, ``options``, ``workers``, ``registry``) import neither
   Lightning nor Hydra nor OmegaConf, directly; the light ones (those, ``sources`` and ``checkpoint``) not through
-  their module-level twist_lightning imports either (the package ``__init__`` is left out: it registers the
-  strategy with Lightning by design).
+  their module-level twist_lightning imports either (the package ``__init__`` imports no Lightning:
+  ``registry.py`` registers the strategy names lazily; ``tests/test_core.py`` and ``tests/test_registry.py`` check
+  that at run time).
 
 The checker itself is tested on synthetic sources below, so a broken checker cannot pass silently.
 """
@@ -27,7 +28,7 @@ CLI_MODULES = frozenset(f"{PACKAGE}.{m}" for m in ("run", "evaluate", "export", 
 BENCH = f"{PACKAGE}.bench"
 CONFIG_MODULES = frozenset({f"{PACKAGE}.config"})
 PURE = frozenset(f"{PACKAGE}.{m}" for m in ("model", "blueprints", "selection", "subnets", "partition", "prune",
-                                            "core"))
+                                            "core", "options", "workers", "registry"))
 LIGHT = PURE | {f"{PACKAGE}.sources", f"{PACKAGE}.checkpoint"}
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "omegaconf")
 CONFIG_FRAMEWORKS = ("hydra", "omegaconf")
