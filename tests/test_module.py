@@ -137,8 +137,6 @@ def test_schedule_length_follows_the_trainer_unless_set() -> None:
     assert lam(10_000) == 1.0  # flat after the warm-up
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="module.py bug: int(estimated_stepping_batches) "
-                   "overflows on inf (max_steps=-1, max_epochs=-1) before the warning meant for it is reached")
 def test_an_endless_trainer_gets_a_flat_schedule_and_a_warning() -> None:
     module = TwISTLitModule(model=TINY, lr=1.0, warmup_steps=0)
     module._trainer = SimpleNamespace(estimated_stepping_batches=math.inf)  # what Lightning reports then
@@ -204,19 +202,17 @@ def test_bad_settings_name_their_key(kwargs: dict, key: str) -> None:
         TwISTLitModule(model={**TINY.to_dict(), "n_head": 3})  # the model's own checks (GPTConfig)
 
 
-# ---- torch.compile: two problems found while writing these tests (module.py is not changed here) -------------------
-@pytest.mark.xfail(strict=True, reason="module.py bug: the compiled wrapper is a registered submodule, so every "
-                   "parameter is saved twice (model.* and _compiled._orig_mod.*)")
+# ---- torch.compile: the wrapper stays out of the state dict and follows a swapped model ---------------------------
 def test_compile_does_not_duplicate_the_state_dict() -> None:
     keys = list(TwISTLitModule(model=TINY, compile=True).state_dict())
     assert all(k.startswith("model.") or k.startswith("val_") for k in keys), keys[:3]
 
 
-@pytest.mark.xfail(strict=True, reason="module.py bug: forward keeps calling the wrapper of the first model after "
-                   "a strategy swaps module.model (TwIST's physical subnets)")
 def test_compile_follows_a_swapped_model() -> None:
     from twist_lightning.model import GPT
 
     module = TwISTLitModule(model=TINY, compile=True)
+    first = module.compiled_model()
+    assert first._orig_mod is module.model and module.compiled_model() is first  # made once per model
     module.model = GPT(TINY)  # what TwISTStrategy does for variant=true
-    assert module._compiled._orig_mod is module.model
+    assert module.compiled_model()._orig_mod is module.model

@@ -73,8 +73,10 @@ class TwISTLitModule(L.LightningModule):
                 raise ValueError(f"module.{name}={value} {rule}.")
         self.save_hyperparameters()
         self.model = GPT(GPTConfig(**dict(model)))
-        # a strategy may swap self.model (TwIST's physical subnets), so the compiled wrapper is looked up per call
-        self._compiled = torch.compile(self.model) if compile else None
+        # a strategy may swap self.model (TwIST's physical subnets), so forward compiles the model it finds and
+        # caches by identity; the wrapper is kept outside the module tree so the state dict holds each weight once
+        self._compile = bool(compile)
+        object.__setattr__(self, "_compiled", None)
         self.vocab: CompactVocab | None = None
         self.val_loss = MeanMetric()
         self.val_ppl = Perplexity()
@@ -85,8 +87,13 @@ class TwISTLitModule(L.LightningModule):
 
     @override
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        model = self._compiled if self._compiled is not None else self.model
-        return model(idx, targets)
+        return (self.compiled_model() if self._compile else self.model)(idx, targets)
+
+    def compiled_model(self) -> Any:
+        """``torch.compile`` of the current ``self.model``, made once per model (compiling happens at first call)."""
+        if self._compiled is None or self._compiled._orig_mod is not self.model:
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
+        return self._compiled
 
     @override
     def setup(self, stage: str) -> None:
@@ -138,12 +145,12 @@ class TwISTLitModule(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=hp.lr)
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = hp.decay_steps or int(self.trainer.estimated_stepping_batches)
+        total = hp.decay_steps or self.trainer.estimated_stepping_batches  # inf for an endless trainer
         if total <= 0 or total == math.inf:
             rank_zero_warn("No finite schedule length: set trainer.max_steps or module.decay_steps; "
                            "the learning rate stays flat after warm-up.")
             total = 0
-        schedule = warmup_cosine(hp.warmup_steps, total, hp.min_lr_ratio)
+        schedule = warmup_cosine(hp.warmup_steps, int(total), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
