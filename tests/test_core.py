@@ -29,20 +29,24 @@ def train_core(core: TwISTCore, steps: list, lr: float = 0.5, optimizer: str = "
     make = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
     opt = make(live.parameters(), lr=lr)
     core.bind([opt])
-    n = core.workers_per_process
-    seen = []
+    seen = run_steps(core, live, opt, steps)
+    core.finish()
+    return core.central_model, seen
+
+
+def run_steps(core: TwISTCore, live: GPT, opt: torch.optim.Optimizer, steps: list) -> list[list]:
+    """Every worker steps on its rows of each batch, then the core counts the step; returns the blueprints seen."""
+    n, seen = core.workers_per_process, []
     for x, y in steps:
         seen.append([w.blueprint for w in core.workers])
         for k in range(len(core.workers)):
             core.activate(k)
-            _, loss = live(x[k::n], y[k::n])
-            loss.backward()
+            live(x[k::n], y[k::n])[1].backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             core.deactivate(k)
         core.end_step()
-    core.finish()
-    return core.central_model, seen
+    return seen
 
 
 def test_core_imports_neither_lightning_nor_hydra():
@@ -126,14 +130,7 @@ def test_state_dict_round_trip_continues_mid_round_bit_for_bit():
     live = first.setup(gpt())
     opt = torch.optim.AdamW(live.parameters(), lr=1e-2)
     first.bind([opt])
-    for x, y in data[:4]:
-        for k in range(2):
-            first.activate(k)
-            live(x[k::2], y[k::2])[1].backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            first.deactivate(k)
-        first.end_step()
+    run_steps(first, live, opt, data[:4])
     state, central = first.state_dict(), first.central_model.state_dict()
     assert state["step_in_round"] == 1 and state["round"] == 1
 
@@ -144,14 +141,7 @@ def test_state_dict_round_trip_continues_mid_round_bit_for_bit():
     live = resumed.setup(model)
     opt = torch.optim.AdamW(live.parameters(), lr=1e-2)
     resumed.bind([opt])
-    for x, y in data[4:]:
-        for k in range(2):
-            resumed.activate(k)
-            live(x[k::2], y[k::2])[1].backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            resumed.deactivate(k)
-        resumed.end_step()
+    run_steps(resumed, live, opt, data[4:])
     resumed.finish()
     for (name, a), b in zip(resumed.central_model.named_parameters(), straight.parameters()):
         assert torch.equal(a, b), name
