@@ -81,3 +81,13 @@ def test_cli_data_parallel_baseline_on_two_processes_counts_its_bytes(tmp_path):
     module = TwISTLitModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
     param_bytes = sum(p.numel() * p.element_size() for p in module.model.parameters())
     assert summary["global_step"] == 4 and summary["bytes_per_step"] == param_bytes  # every gradient, every step
+
+
+def test_twist_true_is_a_spelling_of_the_physical_group_option():
+    from twist_lightning.options import Variant
+    from twist_lightning.run import _alias_true_variant
+
+    argv = _alias_true_variant(["prog", "twist=true", "twist.n_sub=2", "model.bias=true"])
+    assert argv == ["prog", "twist=physical", "twist.n_sub=2", "model.bias=true"]  # only the group option moves
+    cfg = compose_train([argv[1]])
+    assert cfg.twist.variant == Variant.true == Variant("physical")
