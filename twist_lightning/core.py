@@ -199,14 +199,15 @@ class TwISTCore:
         return spec
 
     # ---- set-up ---------------------------------------------------------------------------------------------------
-    def setup(self, model: GPT, rank: int = 0, world_size: int = 1) -> GPT:
+    def setup(self, model: GPT, rank: int = 0, world_size: int = 1, max_steps: int | None = None) -> GPT:
         """Make ``model`` the central model (rank 0's values on every rank) and return the model this rank trains.
 
         Masked ranks train ``model`` itself and keep a copy as the central model; physical ranks keep ``model`` as
         the central model and train a slice of it. A state loaded by :meth:`load_state_dict` sets the round here.
+        Checks the settings first (:meth:`check`), so a bad one fails before any weight is touched.
         """
         self.rank, self.world_size = rank, world_size
-        self.spec = self.check(model, world_size)
+        self.spec = self.check(model, world_size, max_steps)
         if world_size > 1:
             for t in model.state_dict().values():  # what DistributedDataParallel's wrapper would have broadcast
                 dist.broadcast(t, src=0)

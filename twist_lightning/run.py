@@ -90,7 +90,7 @@ def build_strategy(cfg: DictConfig, model: GPT) -> TwISTStrategy | CountingDDPSt
     settings = kwargs_of(cfg.twist)
     variant = settings.pop("variant")
     settings.pop("eval_subnets")  # the run summary's
-    settings["schedule"] = {int(k): v for k, v in (settings.get("schedule") or {}).items()} or None
+    settings["schedule"] = settings.get("schedule") or None  # int keys: the schema types them at compose time
     trainer_strategy = str(cfg.trainer.get("strategy", "auto"))
     start_method = "spawn" if "spawn" in trainer_strategy else "popen"
     if variant == "none":

@@ -32,9 +32,8 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from twist_lightning.accumulation import GradAccumulators
-from twist_lightning.core import MOMENTS, TwISTCore  # noqa: F401  (MOMENTS: kept importable from here)
+from twist_lightning.core import TwISTCore
 from twist_lightning.model import GPT
-from twist_lightning.options import TWIST_VARIANTS  # noqa: F401
 from twist_lightning.partition import PartitionSpec
 
 CHECKPOINT_KEY = "twist"  # where a checkpoint holds TwISTCore.state_dict()
@@ -122,7 +121,7 @@ class TwISTStrategy(DDPStrategy):
 
     @property
     def num_subnets(self) -> int:
-        return self.world_size * self.workers_per_process
+        return self.world_size * self.workers_per_process  # the core learns the world size only at set-up
 
     def physical_on(self, rank: int) -> bool:
         return self.core.physical_on(rank)
@@ -149,8 +148,8 @@ class TwISTStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         # No DistributedDataParallel wrapper: there is no per-step gradient all-reduce in TwIST.
         lm = self.lightning_module
-        self.core.check(getattr(lm, "model", None), self.world_size, lm.trainer.max_steps)
-        lm.model = self.core.setup(lm.model, self.global_rank, self.world_size)
+        lm.model = self.core.setup(getattr(lm, "model", None), self.global_rank, self.world_size,
+                                   max_steps=lm.trainer.max_steps)
 
     @override
     def on_train_start(self) -> None:
