@@ -99,3 +99,13 @@ def test_inference_bench_hf_rows(tmp_path: Path) -> None:
         assert rows[f"hf {name}"]["params_M"] == rows[name]["params_M"]
         assert rows[f"hf {name}"]["flop_ratio"] == rows[name]["flop_ratio"]
     assert rows["hf dense"]["speedup"] == 1.0 and [t["name"][:6] for t in report["targets"]] == ["2/4 ba", "hf 2/4"]
+
+
+def test_data_bench_bundled(tmp_path: Path) -> None:
+    out = tmp_path / "data.json"
+    assert main(["data", "--warmup", "0", "--repeats", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["bench"] == "data" and report["config"]["source"] == "bundled" and report["config"]["tokens"] > 0
+    rows = {r["arm"]: r for r in report["rows"]}
+    assert {"cold", "datasets", "cached"} <= set(rows) and all(r["median_s"] > 0 for r in rows.values())
+    assert [t["name"] for t in report["targets"]] == ["cold build seconds", "cached reload seconds"]

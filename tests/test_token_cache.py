@@ -35,7 +35,7 @@ def test_cache_reused_without_retokenizing(tmp_path: Path, monkeypatch: pytest.M
     def fail(*args, **kwargs):
         raise AssertionError("re-tokenized despite a valid cache")
 
-    monkeypatch.setattr(token_cache, "tokenize_dataset", fail)
+    monkeypatch.setattr(token_cache, "tokenize_file", fail)
     second = make_dm(tmp_path, source="local", path=str(corpus))
     second.setup("fit")
     assert second.cache_path == cache
@@ -122,3 +122,26 @@ def test_chunk_split_keeps_order_and_one_chunk_each_side() -> None:
     assert sorted(np.concatenate([train, val]).tolist()) == ids.tolist()
     with pytest.raises(ValueError, match="too short to split"):
         chunk_split(np.arange(10), chunk_tokens=10, val_fraction=0.5, seed=0)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_tokenize_file_equals_the_datasets_path(tmp_path: Path, newline: str) -> None:
+    """The direct path for local files gives the ids ``datasets``' text loader + ``Dataset.map`` gave (the cache
+    format and key are unchanged, so old caches stay valid): universal newlines, blank rows, unicode, form feeds
+    and line separators inside a row, an unterminated last row."""
+    import datasets
+
+    rows = ["First Citizen:", "", "  Before we proceed\x0cany further, hear me speak.", "Caf\u00e9 \u2028 na\u00efve",
+            "", "", "last line without a break"]
+    file = tmp_path / "text.txt"
+    file.write_bytes(newline.join(rows).encode())
+    loaded = datasets.load_dataset("text", data_files={"train": str(file)}, sample_by="line", keep_linebreaks=True,
+                                   cache_dir=str(tmp_path / "hf"))
+    expected = token_cache.tokenize_dataset(loaded["train"], num_proc=1, hf_cache=str(tmp_path / "hf"))
+    got = token_cache.tokenize_file(file, num_threads=2)
+    assert got.dtype == np.int64 and len(got) > 20
+    np.testing.assert_array_equal(got, expected)
+    assert got[-1] == token_cache.EOT_ID and (got == token_cache.EOT_ID).sum() == 1
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert len(token_cache.tokenize_file(empty)) == 0

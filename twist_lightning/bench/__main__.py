@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "inference": "twist_lightning.bench.inference",
     "evaluate": "twist_lightning.bench.evaluate",
     "prune": "twist_lightning.bench.prune",
+    "data": "twist_lightning.bench.data",
 }
 
 
