@@ -52,8 +52,8 @@ def test_every_config_composes_and_resolves(group, option):
     ],
 )
 def test_schema_fields_are_constructor_arguments(schema, target):
-    # eval_subnets is the run summary's
-    fields = set(schema.__dataclass_fields__) - {"_target_", "eval_subnets"}
+    # eval_subnets is the run summary's, init_from the run's (weights loaded into the new model)
+    fields = set(schema.__dataclass_fields__) - {"_target_", "eval_subnets", "init_from"}
     assert fields <= set(inspect.signature(target).parameters)
 
 

@@ -147,3 +147,21 @@ def test_names_that_moved_out_are_re_exported() -> None:
     assert data_mod.HUB_PROBE_TIMEOUT_S == sources.HUB_PROBE_TIMEOUT_S
     for name in ("CACHE_FORMAT", "CHUNK_BLOCKS", "SPLITS", "TOKEN_DTYPE", "default_cache_dir"):
         assert getattr(data_mod, name) is getattr(token_cache, name), name
+
+
+def test_given_vocabulary_encodes_the_corpus_with_its_ids(tmp_path: Path) -> None:
+    from twist_lightning.vocab import CompactVocab
+
+    plain = make_dm(tmp_path, block_size=32)
+    plain.setup("fit")
+    gpt2_ids = {s: np.asarray(w.tokens) for s, w in plain.datasets.items()}
+    vocab = CompactVocab([int(i) for i in np.unique(gpt2_ids["train"])[:50]])  # a vocabulary not built from this text
+    vocab.save(tmp_path / "vocab.json")
+    given = make_dm(tmp_path, block_size=32, vocab_from=str(tmp_path / "vocab.json"))
+    assert given.model_vocab_size == 51
+    given.setup("fit")
+    assert given.vocab == vocab and given.cache_path != plain.cache_path
+    for split, ids in gpt2_ids.items():
+        np.testing.assert_array_equal(np.asarray(given.datasets[split].tokens), vocab.encode(ids))
+    with pytest.raises(ValueError, match=r"data.vocab_size=64 but data.vocab_from=.* has 51 ids. Fix: set model.vocab_size=51"):
+        make_dm(tmp_path, vocab_size=64, vocab_from=str(tmp_path / "vocab.json"))

@@ -105,7 +105,7 @@ def test_build_without_a_datamodule(tmp_path: Path) -> None:
     cache = TokenCache(DataSource.local, path=str(corpus), block_size=8, root=tmp_path / "cache")
     assert not cache.complete
     cache.build(num_proc=1)
-    assert cache.complete and cache.vocab() is None
+    assert cache.complete and cache.cached_vocab() is None
     meta = cache.meta()
     assert meta["spec"] == cache.spec() and set(meta["num_tokens"]) == {"train", "val"}
     train = np.fromfile(cache.folder / "train.bin", dtype=token_cache.TOKEN_DTYPE)

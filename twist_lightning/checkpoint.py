@@ -43,7 +43,7 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
-                    weights_only: bool = True) -> dict[str, Any]:
+                    weights_only: bool = True, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint dict, turning every way a file can be unusable into one clear error.
 
     Args:
@@ -51,6 +51,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         map_location: Where tensors are loaded (``"cpu"`` keeps GPU checkpoints loadable anywhere).
         weights_only: Unpickle only tensors and plain data (safe for files from elsewhere). Pass ``False`` for a
             trusted checkpoint whose hyper-parameters hold custom objects.
+        mmap: Map the tensors from the file instead of reading them (cheap when only metadata is wanted).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist or is a directory.
@@ -68,7 +69,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         # DataSource may appear in datamodule hparams when a user passed the enum itself; older checkpoints name it
         # by its former homes
         with torch.serialization.safe_globals([DataSource, *((DataSource, old) for old in _OLD_SOURCE_PATHS)]):
-            ckpt = torch.load(p, map_location=map_location, weights_only=weights_only)
+            ckpt = torch.load(p, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - unpickling garbage raises anything (KeyError, struct.error, ...)
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         extra = (" If you trust the file, load it with weights_only=False." if weights_only and "eights only" in str(err)

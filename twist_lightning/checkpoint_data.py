@@ -45,8 +45,11 @@ def build_datamodule(saved: dict[str, Any], overrides: dict[str, Any], model_voc
     if hp["block_size"] > model_block_size:
         raise ValueError(f"data.block_size={hp['block_size']} exceeds the model's block_size={model_block_size}; "
                          f"use data.block_size<={model_block_size}.")
-    # a compact vocabulary is built from the train split: on another corpus, tokenize with GPT-2 ids and remap
-    remap = vocab is not None and (new_corpus or not saved)
+    # a compact vocabulary is built from the train split: on another corpus, tokenize with GPT-2 ids and remap; a
+    # run whose vocabulary was given (data.vocab_from, a fine-tuned model's) is remapped too: the saved vocabulary
+    # gives the same ids without the file it came from
+    given = hp.pop("vocab_from", None)
+    remap = vocab is not None and (new_corpus or not saved or given is not None)
     if vocab is None:
         hp["vocab_size"] = None if model_vocab_size == GPT2_VOCAB_SIZE else model_vocab_size
     else:

@@ -39,6 +39,9 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     ffn_groups: Optional[int] = None
+    # start from these weights (a twist-lightning checkpoint, an exported folder, HF GPT-2 by name or folder);
+    # not a GPTConfig field: run.py loads it into the new model (ckpt_path resumes a run instead)
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -53,6 +56,7 @@ class DataConfig:
     block_size: int = "${model.block_size}"  # type: ignore[assignment]  # interpolated, checked when resolved
     batch_size: int = 16
     val_fraction: float = 0.1
+    vocab_from: Optional[str] = None  # encode with this compact vocabulary (vocab.json, checkpoint, export folder)
     cache_dir: Optional[str] = None
     num_workers: int = 0
     num_proc: int = 2

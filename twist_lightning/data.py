@@ -93,6 +93,9 @@ class TextDataModule(LightningDataModule):
         val_fraction: Share of chunks held out for validation when a source has no validation split.
         vocab_size: If set, remap to a :class:`CompactVocab` of this size built from the train split;
             ``None`` keeps GPT-2's 50257 ids.
+        vocab_from: Encode with a given compact vocabulary instead: a ``vocab.json``, a twist-lightning checkpoint
+            or an exported folder (fine-tuning a pretrained model on new text keeps its ids). ``vocab_size`` must
+            then be ``None`` or its size.
         cache_dir: Token cache root; default ``$TWIST_CACHE_DIR`` or ``~/.cache/twist_lightning``.
         num_workers: DataLoader worker processes.
         num_proc: Processes used to tokenize (``Dataset.map``).
@@ -114,6 +117,7 @@ class TextDataModule(LightningDataModule):
         batch_size: int = 16,
         val_fraction: float = 0.1,
         vocab_size: int | None = None,
+        vocab_from: str | None = None,
         cache_dir: str | None = None,
         num_workers: int = 0,
         num_proc: int = 2,
@@ -125,9 +129,11 @@ class TextDataModule(LightningDataModule):
         _validate_settings(self.source, path, hub_name, block_size, batch_size, val_fraction, vocab_size, num_proc)
         check_count("data.num_workers", num_workers, minimum=0, fix="use data.num_workers=0 (load in the main process)")
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        given = _given_vocab(vocab_from, vocab_size)
         self.cache = TokenCache(source=self.source, path=path, hub_name=hub_name, hub_config=hub_config,
-                                block_size=block_size, val_fraction=val_fraction, seed=seed, vocab_size=vocab_size,
-                                root=self.cache_root)
+                                block_size=block_size, val_fraction=val_fraction, seed=seed,
+                                vocab_size=given.size if given is not None else vocab_size, root=self.cache_root,
+                                vocab=given)
         self.vocab: CompactVocab | None = None
         self.datasets: dict[str, TokenWindows] = {}
         self._restored_vocab: CompactVocab | None = None
@@ -137,7 +143,8 @@ class TextDataModule(LightningDataModule):
     @property
     def model_vocab_size(self) -> int:
         """Vocabulary size the model must use: ``vocab_size`` if set, else 50257 (known before setup)."""
-        return int(self.hparams.vocab_size) if self.hparams.vocab_size is not None else GPT2_VOCAB_SIZE
+        size = self.cache.vocab_size
+        return int(size) if size is not None else GPT2_VOCAB_SIZE
 
     @property
     def cache_path(self) -> Path:
@@ -159,7 +166,7 @@ class TextDataModule(LightningDataModule):
         if not self.cache.complete:
             self.prepare_data()  # standalone use outside a Trainer
         target, meta = self.cache.folder, self.cache.meta()
-        self.vocab = self.cache.vocab()
+        self.vocab = self.cache.cached_vocab()
         if self._restored_vocab is not None and self._restored_vocab != self.vocab:
             rank_zero_warn("The checkpoint's compact vocabulary differs from the one built from the current data.")
         self.cache.check_lengths(meta["num_tokens"])
@@ -239,6 +246,22 @@ class TextDataModule(LightningDataModule):
 
 
 # ---------------------------------------------------------------------- validation helpers
+
+
+def _given_vocab(vocab_from: str | None, vocab_size: int | None) -> CompactVocab | None:
+    """The vocabulary ``data.vocab_from`` names, checked against ``data.vocab_size``."""
+    if vocab_from is None:
+        return None
+    from twist_lightning.pretrained import source_vocab
+
+    vocab = source_vocab(vocab_from, key="data.vocab_from")
+    if vocab is None:
+        raise ValueError(f"data.vocab_from={vocab_from!r} holds no compact vocabulary (it uses GPT-2's 50257 ids). "
+                         "Fix: drop data.vocab_from and set data.vocab_size=null (model.vocab_size=50257).")
+    if vocab_size is not None and vocab_size != vocab.size:
+        raise ValueError(f"data.vocab_size={vocab_size} but data.vocab_from={vocab_from!r} has {vocab.size} ids. "
+                         f"Fix: set model.vocab_size={vocab.size} (data.vocab_size follows it), or drop data.vocab_from.")
+    return vocab
 
 
 def _validate_settings(

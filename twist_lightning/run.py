@@ -34,10 +34,11 @@ from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
 from twist_lightning.options import GROUP_SPELLINGS
 from twist_lightning.partition import PartitionSpec
+from twist_lightning.pretrained import init_from
 from twist_lightning.progress import step_progress_bar
 from twist_lightning.strategy import TwISTStrategy
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
-from twist_lightning.validate import check_out_folder, check_resume, check_train_settings
+from twist_lightning.validate import SettingError, check_out_folder, check_resume, check_train_settings
 
 register_configs()
 
@@ -66,9 +67,19 @@ def kwargs_of(node: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True, enum_to_str=True).items() if k != "_target_"}
 
 
-def build_datamodule(cfg: DictConfig) -> TextDataModule:
+def model_config(cfg: DictConfig) -> GPTConfig:
+    """The ``model`` group as a :class:`GPTConfig` (``init_from`` is a run setting, not a shape field)."""
+    settings = kwargs_of(cfg.model)
+    settings.pop("init_from", None)
+    return GPTConfig(**settings)
+
+
+def build_datamodule(cfg: DictConfig, vocab_from: str | None = None) -> TextDataModule:
+    """The data of ``cfg.data``; ``vocab_from`` (the pretrained model's) applies unless ``data.vocab_from`` is set."""
     vocab_size = None if cfg.model.vocab_size == GPT2_VOCAB_SIZE else cfg.model.vocab_size
-    dm = TextDataModule(**kwargs_of(cfg.data), vocab_size=vocab_size)
+    settings = kwargs_of(cfg.data)
+    settings["vocab_from"] = settings.get("vocab_from") or vocab_from
+    dm = TextDataModule(**settings, vocab_size=vocab_size)
     # tokenize and validate the corpus now, so a bad path or a too-short text fails before the Trainer starts
     dm.prepare_data()
     dm.setup("fit")
@@ -198,10 +209,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # the module before the data (neither draws from the other's random numbers), so its settings and the resume
     # checkpoint are checked before any tokenizing
-    module = TwISTLitModule(model=GPTConfig(**kwargs_of(cfg.model)), **kwargs_of(cfg.module))
+    module = TwISTLitModule(model=model_config(cfg), **kwargs_of(cfg.module))
+    init = cfg.model.get("init_from")
+    if init is not None and cfg.ckpt_path is not None:
+        raise SettingError(f"model.init_from={init!r} and ckpt_path={cfg.ckpt_path!r} are both set: ckpt_path resumes "
+                           "a run (weights, optimizer, step count), model.init_from starts a new one from weights. "
+                           "Fix: set one of them (model.init_from=null to resume).")
     if cfg.ckpt_path is not None:
         check_resume(cfg.ckpt_path, module.config)  # readable, same shape, finite: before the Trainer starts
-    dm = build_datamodule(cfg)
+    init_vocab = None
+    if init is not None:  # the weights (shape-checked) before the data, so a bad source fails before tokenizing
+        init_vocab = init_from(module.model, str(init))
+        rank_zero_info(f"model.init_from={init!r}: weights loaded" + (f" with its {init_vocab.size}-id vocabulary"
+                                                                      if init_vocab is not None else ""))
+        module.vocab = init_vocab  # the module's setup then refuses data encoded with another vocabulary
+    dm = build_datamodule(cfg, vocab_from=str(init) if init_vocab is not None else None)
     strategy = build_strategy(cfg, module.model)
     callbacks = resampling_callbacks(strategy)
 
@@ -215,6 +237,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     summary = summarize(trainer, dm, metrics, time.perf_counter() - start)
+    if init is not None:
+        summary["init_from"] = str(init)
     summary["twist_variant"] = str(cfg.twist.variant.value if hasattr(cfg.twist.variant, "value") else cfg.twist.variant)
     if isinstance(trainer.strategy, TwISTStrategy):
         summary["twist_rounds"] = trainer.strategy.round

@@ -142,8 +142,8 @@ def files_under(folder: Path) -> list[Path]:
 # ---------------------------------------------------------------------- hub
 
 
-def _offline_flag() -> str | None:
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+def _offline_flag(names: tuple[str, ...] = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")) -> str | None:
+    for var in names:
         if os.environ.get(var, "").strip().lower() in _TRUE_VALUES:
             return var
     return None
@@ -170,6 +170,12 @@ def _probe_hub(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
             return None
     except OSError as err:
         return f"{host}:{port} is unreachable ({err.__class__.__name__}: {err})"
+
+
+def hub_unreachable_reason(flags: tuple[str, ...] = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")) -> str | None:
+    """Why the Hugging Face Hub cannot serve a model now (one of ``flags`` set, or a failed 3 s probe), or ``None``."""
+    flag = _offline_flag(flags)
+    return f"{flag} is set" if flag is not None else _probe_hub()
 
 
 def load_hub(name: str, config: str | None, hf_cache: str) -> Any:

@@ -74,6 +74,8 @@ class TokenCache:
         val_fraction: Share of chunks held out when the corpus has no validation split.
         seed: Seed of the chunk split.
         vocab_size: A compact vocabulary of this size built from the train split; ``None`` keeps GPT-2's ids.
+        vocab: A given compact vocabulary (a pretrained model's) to encode with instead of building one; its size
+            is ``vocab_size``.
         root: The cache root (default ``$TWIST_CACHE_DIR`` or ``~/.cache/twist_lightning``).
     """
 
@@ -86,6 +88,11 @@ class TokenCache:
     seed: int = 1337
     vocab_size: int | None = None
     root: Path = field(default_factory=default_cache_dir)
+    vocab: CompactVocab | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.vocab is not None and self.vocab_size not in (None, self.vocab.size):
+            raise ValueError(f"vocab_size={self.vocab_size} differs from the given vocabulary's {self.vocab.size} ids.")
 
     @property
     def folder(self) -> Path:
@@ -109,6 +116,10 @@ class TokenCache:
     def spec(self) -> dict[str, Any]:
         """Everything that determines the cached tokens; hashed into the cache folder name."""
         spec: dict[str, Any] = {"format": CACHE_FORMAT, "tokenizer": TOKENIZER_NAME, "vocab_size": self.vocab_size}
+        if self.vocab is not None:  # a given vocabulary: key on its ids (caches without one keep their old keys)
+            spec["vocab_size"] = self.vocab.size
+            ids = np.append(self.vocab.keep_ids, self.vocab.unk_gpt2_id).astype("<i8").tobytes()
+            spec["given_vocab"] = hashlib.sha256(ids).hexdigest()
         if self.source is DataSource.hub:
             name = self.hub_name
             spec["hub"] = {"name": name, "config": self.hub_config}
@@ -134,7 +145,7 @@ class TokenCache:
         """``meta.json`` of the finished cache: ``{"spec", "num_tokens": {split: count}}``."""
         return json.loads((self.folder / "meta.json").read_text())
 
-    def vocab(self) -> CompactVocab | None:
+    def cached_vocab(self) -> CompactVocab | None:
         """The cache's compact vocabulary, or ``None`` for GPT-2's ids."""
         file = self.folder / "vocab.json"
         return CompactVocab.load(file) if file.is_file() else None
@@ -173,8 +184,10 @@ class TokenCache:
         if "val" not in splits:
             splits["train"], splits["val"] = chunk_split(splits["train"], **_chunk_args(self.split_rule()))
         self.check_lengths({s: len(ids) for s, ids in splits.items()})
-        if self.vocab_size is not None:
+        vocab = self.vocab
+        if vocab is None and self.vocab_size is not None:
             vocab = CompactVocab.from_counts(np.bincount(splits["train"], minlength=GPT2_VOCAB_SIZE), self.vocab_size)
+        if vocab is not None:
             vocab.save(work / "vocab.json")
             splits = {s: vocab.encode(ids) for s, ids in splits.items()}
         for split, ids in splits.items():
