@@ -147,6 +147,53 @@ def test_state_dict_round_trip_continues_mid_round_bit_for_bit():
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("variant", ["masked", "true"])  # hybrid needs 2 processes: tests/test_strategy.py
+def test_bfloat16_sync_equals_float32_within_the_rounding_of_the_changes(variant, monkeypatch):
+    """One round of AdamW with carried moments, synced in bf16 and in fp32 from the same start: the central values
+    and moments differ by no more than bf16's rounding of what training changed, and the payload halves."""
+    data = batches(3)
+    kw = dict(variant=variant, n_sub=2, common="none", sync_every=3, workers_per_process=2, optimizer_state="carry")
+    import twist_lightning.core as core_mod
+
+    cores, payload = {}, {}
+    real_exchange = core_mod.exchange_held
+
+    def spy(local, counter=None):
+        payload[dtype] = (local[0].dtype, sum(t.numel() * t.element_size() for t in local))
+        return real_exchange(local, counter)
+
+    monkeypatch.setattr(core_mod, "exchange_held", spy)
+    for dtype in ("float32", "bfloat16"):
+        core = cores[dtype] = TwISTCore(sync_dtype=dtype, **kw)
+        live = core.setup(gpt())
+        opt = torch.optim.AdamW(live.parameters(), lr=1e-2)
+        core.bind([opt])
+        start = core.central.clone()
+        run_steps(core, live, opt, data)
+        assert core.round == 1
+    exact, rounded = cores["float32"], cores["bfloat16"]
+    assert payload["bfloat16"][0] == torch.bfloat16 and 2 * payload["bfloat16"][1] == payload["float32"][1]
+    change = (exact.central - start).abs()
+    err = (rounded.central - exact.central).abs()
+    assert err.max() > 0  # the rounding happened
+    # each holder's change is rounded to 8 significant bits (relative error <= 2^-9); the mean is no worse
+    assert err.max() <= 2.0 ** -8 * change.max() + 1e-7
+    # sending the values themselves in bf16 would err by bf16's rounding of the weights, far more
+    assert err.max() < 0.1 * (exact.central.bfloat16().float() - exact.central).abs().max()
+    for key in exact.central_moments:
+        m_err = (rounded.central_moments[key] - exact.central_moments[key]).abs()
+        assert (m_err <= 2.0 ** -8 * exact.central_moments[key].abs().max() + 1e-12).all(), key
+
+
+def test_bfloat16_sync_is_a_no_op_on_the_float32_path():
+    data = batches(4)
+    kw = dict(variant="masked", n_sub=2, common="none", sync_every=2, workers_per_process=2)
+    default, _ = train_core(TwISTCore(**kw), data)
+    explicit, _ = train_core(TwISTCore(sync_dtype="float32", **kw), data)
+    for (name, a), b in zip(default.named_parameters(), explicit.parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_the_model_subnet_is_switched_through_its_public_state():
     core = TwISTCore(variant="masked", n_sub=2, common="none", workers_per_process=2)
     live = core.setup(gpt())
@@ -170,6 +217,7 @@ def test_the_model_subnet_is_switched_through_its_public_state():
     (dict(outer_lr=0), r"twist\.outer_lr=0"),
     (dict(outer_momentum=1.0), r"twist\.outer_momentum=1\.0"),
     (dict(n_sub="half"), r"twist\.n_sub='half'"),
+    (dict(sync_dtype="float16"), r"twist\.sync_dtype='float16'"),
 ])
 def test_bad_settings_name_the_key(kw, match):
     with pytest.raises(ValueError, match=match):

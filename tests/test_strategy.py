@@ -91,6 +91,21 @@ def test_variants_give_the_same_parameters(variant_results, variant):
     assert_same(variant_results[variant], variant_results["masked"])
 
 
+@pytest.mark.parametrize("variant", ["masked", "hybrid"])
+def test_bfloat16_sync_on_two_processes_stays_within_its_rounding(variant):
+    """Plain SGD (AdamW turns a 1e-7 difference on a near-zero gradient into a full step, whatever its cause)."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        runs[dtype] = make_module("sgd", lr=0.5)
+        fit(runs[dtype], twist(variant=variant, n_sub=2, common="none", sync_every=2, sync_dtype=dtype,
+                               start_method="spawn"), devices=2, max_steps=5)
+    rounded, exact, init = params(runs["bfloat16"]), params(runs["float32"]), params(make_module("sgd", lr=0.5))
+    assert any(not torch.equal(rounded[k], exact[k]) for k in exact)  # the rounding happened
+    for k in exact:  # 3 syncs of bf16-rounded changes: within a few bf16 ulps of what training moved
+        moved = (exact[k] - init[k]).abs().max()
+        assert (rounded[k] - exact[k]).abs().max() <= 4 * 2.0 ** -8 * moved + 1e-6, k
+
+
 def test_virtual_workers_match_real_processes():
     """2 virtual workers in one process (batch 2b, rows k::2) == 2 processes with batch b each.
 

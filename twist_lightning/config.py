@@ -18,7 +18,7 @@ from omegaconf import MISSING, OmegaConf
 
 from twist_lightning.corpora import corpus_path
 from twist_lightning.hf_export import HFLayout
-from twist_lightning.options import OptimizerState, OuterOptimizer, Variant
+from twist_lightning.options import OptimizerState, OuterOptimizer, SyncDtype, Variant
 from twist_lightning.selection import Selector
 from twist_lightning.sources import DataSource
 
@@ -93,6 +93,7 @@ class TwISTConfig:
     outer: OuterOptimizer = OuterOptimizer.none  # nesterov: DiLoCo's outer step on central - average
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
+    sync_dtype: SyncDtype = SyncDtype.float32  # bfloat16: values and moments travel as bf16 changes, averaged in fp32
     # {from_step: sync interval}, e.g. +twist.schedule='{0:1,100:15}' (the + adds keys to the empty default);
     # empty = sync_every throughout
     schedule: dict[int, int] = field(default_factory=dict)

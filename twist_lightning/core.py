@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.optim import Optimizer
 
 from twist_lightning.model import GPT
-from twist_lightning.options import TWIST_VARIANTS, OptimizerState, OuterOptimizer, Variant, choice
+from twist_lightning.options import TWIST_VARIANTS, OptimizerState, OuterOptimizer, SyncDtype, Variant, choice
 from twist_lightning.partition import Blueprint, PartitionSpec, extract, param_index, sample_blueprints
 from twist_lightning.workers import (
     CollectiveCounter,
@@ -97,6 +97,11 @@ class TwISTCore:
         outer_lr: the outer step's learning rate (> 0; DiLoCo uses 0.7 for hundreds of local steps).
         outer_momentum: its momentum ``mu`` in [0, 1) (DiLoCo: 0.9). The buffer lives with the central model and
             is part of :meth:`state_dict`, so a resumed run continues it.
+        sync_dtype: ``"float32"`` or ``"bfloat16"``: the dtype held values (and carried moments) travel in. In
+            bfloat16 a worker sends its *change* since the round began (the central value minus its own, which
+            every rank can undo because every rank holds the central model), so the rounding is relative to what
+            training moved, not to the weights; averaging is in float32. Half the bytes. With virtual workers the
+            same rounding is applied although nothing travels, so a one-process run measures its effect.
         seed: seed of the blueprint sequence (the same on every rank).
     """
 
@@ -115,11 +120,13 @@ class TwISTCore:
         outer: str | OuterOptimizer = "none",
         outer_lr: float = 0.7,
         outer_momentum: float = 0.9,
+        sync_dtype: str | SyncDtype = "float32",
         seed: int = 0,
     ) -> None:
         self.variant = choice("twist.variant", variant, Variant, TWIST_VARIANTS)
         self.optimizer_policy = choice("twist.optimizer_state", optimizer_state, OptimizerState)
         self.outer = choice("twist.outer", outer, OuterOptimizer)
+        self.sync_dtype = choice("twist.sync_dtype", sync_dtype, SyncDtype)
         self.sync_every = _positive_int("twist.sync_every", sync_every)
         self.schedule = check_schedule(schedule)
         self.workers_per_process = _positive_int("twist.workers_per_process", workers_per_process)
@@ -347,7 +354,12 @@ class TwISTCore:
         if carry:  # values and Adam moments travel in the same all_gather: [values | exp_avg | exp_avg_sq]
             local = [torch.cat([v, *(self._held_moments(w, key) for key in MOMENTS)])
                      for w, v in zip(self.workers, local)]
-        parts = [h.split(n_held) for h in exchange_held(local, self.counter)]  # per worker: values(, moments...)
+        if self.sync_dtype != SyncDtype.float32:
+            local = [self._encode(w, h) for w, h in zip(self.workers, local)]
+        received = exchange_held(local, self.counter)
+        if self.sync_dtype != SyncDtype.float32:
+            received = [self._decode(s, h) for s, h in enumerate(received)]
+        parts = [h.split(n_held) for h in received]  # per worker: values(, moments...)
         outer = self.outer != OuterOptimizer.none and not self._round_warm  # the warm start averages plainly
         before = self.central.clone() if outer else None
         average_over_holders(self.central, self.layout, [p[0] for p in parts], self.all_indices)
@@ -361,6 +373,23 @@ class TwISTCore:
         self.round += 1
         self.step_in_round = 0
         self._start_round(self._draw(self.round, self.steps_done))
+
+    def _reference(self, index: dict) -> torch.Tensor:
+        """What every rank knows of a worker's held vector before the exchange: the central values (and moments)
+        on its blueprint, concatenated as :meth:`sync` concatenates the worker's own."""
+        refs = [self.layout.gather_held(self.central, index)]
+        if self.optimizer_policy == OptimizerState.carry:
+            refs += [self.layout.gather_held(self.central_moments[key], index) if self.central_moments is not None
+                     else torch.zeros_like(refs[0]) for key in MOMENTS]
+        return torch.cat(refs)
+
+    def _encode(self, w: Worker, held: torch.Tensor) -> torch.Tensor:
+        """A worker's held vector as its change against the reference, in the sync dtype."""
+        return (self._reference(w.index) - held).to(self.sync_dtype.torch_dtype)
+
+    def _decode(self, s: int, change: torch.Tensor) -> torch.Tensor:
+        """Worker ``s``'s held vector back in float32 from its rounded change (every rank knows every index)."""
+        return self._reference(self.all_indices[s]) - change.to(self.central.dtype)
 
     def _held_moments(self, w: Worker, key: str) -> torch.Tensor:
         """One Adam moment of a worker as a held vector (zeros where a parameter has no state yet)."""

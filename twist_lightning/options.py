@@ -47,6 +47,19 @@ class OuterOptimizer(str, Enum):
     nesterov = "nesterov"
 
 
+class SyncDtype(str, Enum):
+    """The dtype held values (and moments) travel in at a sync; they are always averaged in float32."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+    @property
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.value)
+
+
 def choice(key: str, value: Any, enum: type[Enum], allowed: tuple[Enum, ...] | None = None) -> Any:
     """``value`` as a member of ``enum`` (or of ``allowed``), or a ``ValueError`` naming ``key`` and the choices."""
     allowed = tuple(enum) if allowed is None else allowed
