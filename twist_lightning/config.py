@@ -87,12 +87,15 @@ class TwISTConfig:
     n_sub: Any = 0.5  # int = units kept per layer, float in (0, 1] = fraction of them
     common: Any = "default"  # "default" (first and last layer whole), "none", or a list of layer indices
     scale: bool = True
-    optimizer_state: OptimizerState = OptimizerState.reset
+    # the aggregation the aggregation ablation found best (recipes/README.md, aggregation_6of12_cpu): AdamW moments
+    # averaged over holders, then a mild outer Nesterov step. TwISTStrategy keeps the paper's reset / no outer step
+    # (carry needs Adam, and a Python user gets the method as published unless they ask for more)
+    optimizer_state: OptimizerState = OptimizerState.carry
     workers_per_process: int = 1
     seed: int = 0
-    outer: OuterOptimizer = OuterOptimizer.none  # nesterov: DiLoCo's outer step on central - average
-    outer_lr: float = 0.7
-    outer_momentum: float = 0.9
+    outer: OuterOptimizer = OuterOptimizer.nesterov  # DiLoCo's outer step on central - average; none: the average
+    outer_lr: float = 1.0
+    outer_momentum: float = 0.3
     sync_dtype: SyncDtype = SyncDtype.float32  # bfloat16: values and moments travel as bf16 changes, averaged in fp32
     # {from_step: sync interval}, e.g. +twist.schedule='{0:1,100:15}' (the + adds keys to the empty default);
     # empty = sync_every throughout
