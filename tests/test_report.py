@@ -1,0 +1,74 @@
+"""``python -m twist_lightning.report``: run folders (summaries, evaluations, grids) into one markdown report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from twist_lightning.report import collect, main, units_removed, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def _recipe_folder(tmp_path: Path) -> Path:
+    """A recipe's layout from committed JSON: two runs with their overrides, an evaluation, a grid."""
+    sweep = tmp_path / "multirun" / "golden"
+    for job, name, overrides in ((0, "golden612_twist", ["twist.variant=masked"]),
+                                 (1, "golden612_dp", ["twist.variant=none"])):
+        run = sweep / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        shutil.copy(RESULTS / f"{name}_summary.json", run / "summary.json")
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    shutil.copy(RESULTS / "prune_dp612_methods.json", sweep / "1" / "eval.json")
+    grid = {"rows": [{"checkpoint": f"c{t}", "train_size": f"{t}/12", "heads": h, "mean_ppl": 100.0 + t + h}
+                     for t in (3, 6) for h in (3, 6, 9)]}
+    (sweep / "grid.json").write_text(json.dumps(grid))
+    (sweep / "notes.json").write_text(json.dumps({"unrelated": 1}))  # ignored
+    return sweep
+
+
+def test_report_holds_every_table_and_is_reproducible_byte_for_byte(tmp_path: Path) -> None:
+    sweep = _recipe_folder(tmp_path)
+    found = collect([sweep])
+    assert [len(found[k]) for k in ("run", "evaluate", "grid")] == [2, 1, 1]
+    first = write_report([sweep], tmp_path / "a" / "report.md")
+    text = first.read_text()
+    twist = json.loads((RESULTS / "golden612_twist_summary.json").read_text())
+    assert f"{twist['val_ppl']:.1f}" in text and "`twist.variant=masked`" in text
+    assert "| 6/12 |" in text and "reconstruct" in text and "| 3/12 | 106.00 | 109.00 | 112.00 |" in text
+    assert text.count("![") == 2 and (tmp_path / "a" / "report_1.png").stat().st_size > 1000
+    again = write_report([sweep], tmp_path / "a" / "report.md")
+    assert again.read_text() == text
+    second = write_report([sweep], tmp_path / "b" / "report.md")  # a fresh folder: the same bytes, PNGs too
+    assert second.read_text() == text
+    for png in ("report_1.png", "report_2.png"):
+        assert (tmp_path / "a" / png).read_bytes() == (tmp_path / "b" / png).read_bytes()
+
+
+def test_units_removed_counts_every_layer() -> None:
+    result = {"model": {"n_layer": 6, "n_head": 12, "ffn_groups": 12}, "common": [0, 5]}
+    assert units_removed(result, 6, 6) == pytest.approx(4 * 12 / (6 * 24))  # 4 split layers lose half their units
+    assert units_removed(result, 12, 12) == 0.0
+
+
+def test_report_of_a_real_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_run import compose_train
+    from twist_lightning.run import train
+
+    monkeypatch.chdir(tmp_path)
+    summary = train(compose_train(["twist=masked", "twist.workers_per_process=2", "twist.common=none",
+                                   "trainer.max_steps=4", "module.warmup_steps=1", "data.batch_size=8"]))
+    assert main([str(tmp_path), "--no-plots"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert f"| {summary['val_ppl']:.1f} |" in text and summary["subnet_size"] in text
+
+
+def test_bad_folders_fail_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 1
+    assert "no summary.json" in capsys.readouterr().err
