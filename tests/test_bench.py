@@ -109,3 +109,17 @@ def test_data_bench_bundled(tmp_path: Path) -> None:
     rows = {r["arm"]: r for r in report["rows"]}
     assert {"cold", "datasets", "cached"} <= set(rows) and all(r["median_s"] > 0 for r in rows.values())
     assert [t["name"] for t in report["targets"]] == ["cold build seconds", "cached reload seconds"]
+
+
+def test_ratios_are_medians_of_interleaved_pairs(tmp_path: Path) -> None:
+    from twist_lightning.bench.common import pair_ratios
+
+    # one slow pair (load on both halves) moves neither the median nor, unlike min/min, the other pairs
+    pairs = pair_ratios([2.0, 4.0, 30.0], [1.0, 2.0, 10.0])
+    assert (pairs["median"], pairs["min"], pairs["max"]) == (2.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match="equally long"):
+        pair_ratios([1.0], [1.0, 2.0])
+    out = tmp_path / "subnet.json"
+    assert main(["subnet", "--tiny", "--out", str(out), "--warmup", "0", "--repeats", "3"]) == 0
+    for row in json.loads(out.read_text())["rows"]:
+        assert row["time_ratio_min"] <= row["time_ratio"] <= row["time_ratio_max"] and len(row["time_ratios"]) == 3

@@ -24,8 +24,8 @@ import torch
 
 from twist_lightning.tables import format_cell, format_table
 
-__all__ = ["base_parser", "format_report", "format_table", "machine_info", "make_report", "target", "time_fn",
-           "time_interleaved", "write_report"]
+__all__ = ["base_parser", "format_report", "format_table", "machine_info", "make_report", "pair_ratios", "target",
+           "time_fn", "time_interleaved", "write_report"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -97,6 +97,15 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats
                 cpu[name].append(t["cpu_min_s"])
     return {name: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t, "cpu_times_s": cpu[name],
                    "cpu_min_s": min(cpu[name])} for name, t in times.items()}
+
+
+def pair_ratios(num: Sequence[float], den: Sequence[float]) -> dict[str, Any]:
+    """``num[i] / den[i]`` for each interleaved repeat ``i``: the median (what targets are judged on), the spread
+    (min, max) and every ratio. A load spike then inflates both halves of one pair, not one arm's whole series."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"pair_ratios needs two equally long, non-empty series (got {len(num)} and {len(den)}).")
+    ratios = [a / b for a, b in zip(num, den)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "ratios": ratios}
 
 
 def target(name: str, value: float, goal: str, met: bool) -> dict[str, Any]:

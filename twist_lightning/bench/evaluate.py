@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from twist_lightning.bench.common import base_parser, format_report, make_report, write_report
+from twist_lightning.bench.common import base_parser, format_report, make_report, pair_ratios, write_report
 from twist_lightning.blueprints import PartitionSpec
 from twist_lightning.evaluation import evaluate_subnets
 from twist_lightning.model import GPT, GPTConfig
@@ -61,7 +61,8 @@ def _case(preset: str, fraction: float, batch: int, seq_len: int, n_batches: int
         rows.append({"name": f"{preset} {round(fraction * cfg.n_head)}/{cfg.n_head}", "subnet_batch": k,
                      "subnets": samples, "tokens": batch * seq_len * n_batches, "time_s": min(times),
                      "times_s": times, "s_per_subnet": min(times) / samples, "max_rel_ppl_diff": diff})
-    rows[1]["speedup"] = rows[0]["time_s"] / rows[1]["time_s"]
+    pairs = pair_ratios(rows[0]["times_s"], rows[1]["times_s"])  # median of per-pair ratios, with their spread
+    rows[1]["speedup"], rows[1]["speedup_min"], rows[1]["speedup_max"] = pairs["median"], pairs["min"], pairs["max"]
     rows[0]["speedup"] = 1.0
     return rows
 
