@@ -165,3 +165,24 @@ def test_given_vocabulary_encodes_the_corpus_with_its_ids(tmp_path: Path) -> Non
         np.testing.assert_array_equal(np.asarray(given.datasets[split].tokens), vocab.encode(ids))
     with pytest.raises(ValueError, match=r"data.vocab_size=64 but data.vocab_from=.* has 51 ids. Fix: set model.vocab_size=51"):
         make_dm(tmp_path, vocab_size=64, vocab_from=str(tmp_path / "vocab.json"))
+
+
+def test_test_path_is_held_out_and_vocab_extra_counts_for_the_vocabulary(tmp_path: Path) -> None:
+    wiki = Path(corpus_path("wikitext-2-raw"))
+    dm = make_dm(tmp_path, block_size=32, vocab_size=300, test_path=str(wiki / "wiki.test.raw"))
+    dm.setup("fit")
+    assert set(dm.datasets) == {"train", "val", "test"}
+    test_ids = gpt2_encoding().encode_ordinary((wiki / "wiki.test.raw").read_text()[:2000])
+    assert dm.datasets["test"].num_tokens > 100_000  # the whole file, not a chunk of the training text
+    # the vocabulary counted the training text only; with the extra file it also knows WikiText's frequent words
+    plain = make_dm(tmp_path, block_size=32, vocab_size=300)
+    plain.setup("fit")
+    assert plain.vocab == dm.vocab and plain.cache_path != dm.cache_path
+    extra = make_dm(tmp_path, block_size=32, vocab_size=300, vocab_extra=[str(wiki / "wiki.valid.raw")])
+    extra.setup("fit")
+    unk = lambda v: float(np.mean(v.encode(np.array(test_ids)) == v.unk_id))  # noqa: E731
+    assert extra.vocab != plain.vocab and unk(extra.vocab) < unk(plain.vocab)
+    with pytest.raises(FileNotFoundError, match="data.test_path=.*is not a file"):
+        make_dm(tmp_path, test_path=str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="data.vocab_extra=.*needs data.vocab_size"):
+        make_dm(tmp_path, vocab_extra=[str(wiki / "wiki.valid.raw")])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,10 @@ class TextDataModule(LightningDataModule):
         val_fraction: Share of chunks held out for validation when a source has no validation split.
         vocab_size: If set, remap to a :class:`CompactVocab` of this size built from the train split;
             ``None`` keeps GPT-2's 50257 ids.
+        test_path: A text file held out as the ``test`` split (``local``/``bundled``), e.g. WikiText's
+            ``wiki.test.raw`` beside its ``wiki.valid.raw`` as training text; only ever evaluated on.
+        vocab_extra: More training text files counted when the compact vocabulary is built (a vocabulary shared
+            by a pretraining and a fine-tuning corpus, built from training text only).
         vocab_from: Encode with a given compact vocabulary instead: a ``vocab.json``, a twist-lightning checkpoint
             or an exported folder (fine-tuning a pretrained model on new text keeps its ids). ``vocab_size`` must
             then be ``None`` or its size.
@@ -118,6 +123,8 @@ class TextDataModule(LightningDataModule):
         val_fraction: float = 0.1,
         vocab_size: int | None = None,
         vocab_from: str | None = None,
+        test_path: str | None = None,
+        vocab_extra: Sequence[str] = (),
         cache_dir: str | None = None,
         num_workers: int = 0,
         num_proc: int = 2,
@@ -129,11 +136,12 @@ class TextDataModule(LightningDataModule):
         _validate_settings(self.source, path, hub_name, block_size, batch_size, val_fraction, vocab_size, num_proc)
         check_count("data.num_workers", num_workers, minimum=0, fix="use data.num_workers=0 (load in the main process)")
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        _check_extra_files(self.source, test_path, vocab_extra, vocab_size, vocab_from)
         given = _given_vocab(vocab_from, vocab_size)
         self.cache = TokenCache(source=self.source, path=path, hub_name=hub_name, hub_config=hub_config,
                                 block_size=block_size, val_fraction=val_fraction, seed=seed,
                                 vocab_size=given.size if given is not None else vocab_size, root=self.cache_root,
-                                vocab=given)
+                                vocab=given, test_path=test_path, vocab_extra=tuple(vocab_extra))
         self.vocab: CompactVocab | None = None
         self.datasets: dict[str, TokenWindows] = {}
         self._restored_vocab: CompactVocab | None = None
@@ -246,6 +254,23 @@ class TextDataModule(LightningDataModule):
 
 
 # ---------------------------------------------------------------------- validation helpers
+
+
+def _check_extra_files(source: DataSource, test_path: str | None, vocab_extra: Sequence[str], vocab_size: int | None,
+                       vocab_from: str | None) -> None:
+    """``data.test_path`` and ``data.vocab_extra`` must name existing files, and only where they apply."""
+    if test_path is not None:
+        if source is DataSource.hub:
+            raise ValueError(f"data.test_path={test_path} needs data.source=local or bundled (a hub dataset brings its "
+                             "own test split). Fix: drop data.test_path.")
+        if not Path(test_path).expanduser().is_file():
+            raise FileNotFoundError(f"data.test_path={test_path} is not a file. Fix: point it at the held-out text.")
+    for extra in vocab_extra:
+        if not Path(extra).expanduser().is_file():
+            raise FileNotFoundError(f"data.vocab_extra entry {extra} is not a file. Fix: list training text files.")
+    if vocab_extra and (vocab_size is None or vocab_from is not None):
+        raise ValueError(f"data.vocab_extra={list(vocab_extra)} only adds counts to a compact vocabulary built here; "
+                         "it needs data.vocab_size (model.vocab_size below 50257) and no data.vocab_from.")
 
 
 def _given_vocab(vocab_from: str | None, vocab_size: int | None) -> CompactVocab | None:

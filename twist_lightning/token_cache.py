@@ -74,6 +74,10 @@ class TokenCache:
         val_fraction: Share of chunks held out when the corpus has no validation split.
         seed: Seed of the chunk split.
         vocab_size: A compact vocabulary of this size built from the train split; ``None`` keeps GPT-2's ids.
+        test_path: ``local`` / ``bundled``: a text file held out as the ``test`` split (never trained or validated
+            on), e.g. ``wiki.test.raw`` beside a training file; the corpus itself must have no test split then.
+        vocab_extra: more training text files whose token counts join the train split's when the compact
+            vocabulary is built (a vocabulary shared by a pretraining and a fine-tuning corpus).
         vocab: A given compact vocabulary (a pretrained model's) to encode with instead of building one; its size
             is ``vocab_size``.
         root: The cache root (default ``$TWIST_CACHE_DIR`` or ``~/.cache/twist_lightning``).
@@ -89,6 +93,8 @@ class TokenCache:
     vocab_size: int | None = None
     root: Path = field(default_factory=default_cache_dir)
     vocab: CompactVocab | None = field(default=None, compare=False)
+    test_path: str | None = None
+    vocab_extra: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.vocab is not None and self.vocab_size not in (None, self.vocab.size):
@@ -120,6 +126,8 @@ class TokenCache:
             spec["vocab_size"] = self.vocab.size
             ids = np.append(self.vocab.keep_ids, self.vocab.unk_gpt2_id).astype("<i8").tobytes()
             spec["given_vocab"] = hashlib.sha256(ids).hexdigest()
+        if self.vocab_extra and self.vocab is None and self.vocab_size is not None:
+            spec["vocab_extra"] = [sha256_of(Path(p)) for p in self.vocab_extra]
         if self.source is DataSource.hub:
             name = self.hub_name
             spec["hub"] = {"name": name, "config": self.hub_config}
@@ -137,6 +145,12 @@ class TokenCache:
     def files(self) -> dict[str, Path]:
         """Split -> file of a bundled or local corpus, each checked to be UTF-8 before anything tokenizes it."""
         files = local_files(self.source, self.path)
+        if self.test_path is not None:
+            if "test" in files:
+                raise ValueError(f"data.test_path={self.test_path} but data.path={self.path} has a test split "
+                                 f"({files['test']}). Fix: drop data.test_path, or point data.path at the training "
+                                 "file alone.")
+            files["test"] = Path(self.test_path).expanduser()
         for file in files.values():  # datasets would fail deep inside with a raw decode error
             check_utf8(file)
         return files
@@ -186,7 +200,10 @@ class TokenCache:
         self.check_lengths({s: len(ids) for s, ids in splits.items()})
         vocab = self.vocab
         if vocab is None and self.vocab_size is not None:
-            vocab = CompactVocab.from_counts(np.bincount(splits["train"], minlength=GPT2_VOCAB_SIZE), self.vocab_size)
+            counts = np.bincount(splits["train"], minlength=GPT2_VOCAB_SIZE)
+            for extra in self.vocab_extra:  # more training text for the vocabulary only
+                counts += np.bincount(tokenize_file(extra, num_threads=num_proc), minlength=GPT2_VOCAB_SIZE)
+            vocab = CompactVocab.from_counts(counts, self.vocab_size)
         if vocab is not None:
             vocab.save(work / "vocab.json")
             splits = {s: vocab.encode(ids) for s, ids in splits.items()}
