@@ -91,3 +91,29 @@ def test_twist_true_is_a_spelling_of_the_physical_group_option():
     assert argv == ["prog", "twist=physical", "twist.n_sub=2", "model.bias=true"]  # only the group option moves
     cfg = compose_train([argv[1]])
     assert cfg.twist.variant == Variant.true == Variant("physical")
+
+
+def test_final_evaluation_scores_the_held_out_test_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    wiki = ROOT / "data" / "wikitext-2-raw"
+    summary = train(compose_train(["data=wikitext2", f"data.test_path={wiki / 'wiki.test.raw'}",
+                                   "trainer.max_steps=3", "module.warmup_steps=1", "final_eval.split=test",
+                                   "final_eval.samples=2", "final_eval.sizes=[2,4]", "final_eval.max_batches=2",
+                                   "final_eval.method=[random,magnitude]"]))
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["split"] == "test" and result["data"]["test_path"].endswith("wiki.test.raw")
+    assert [r["heads"] for r in result["sizes"]] == [2, 4] and len(result["sizes"][0]["random_ppl"]) == 2
+    assert 0.0 < result["unk_share"] < 1.0 and (tmp_path / "eval.png").is_file()
+    assert result["full"]["ppl"] != pytest.approx(summary["val_ppl"])  # another text than the validation split
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["final_eval.split=test"], r"final_eval.split=test but the data has no test split"),
+    (["final_eval.split=train"], r"final_eval.split='train' must be val or test"),
+    (["final_eval.split=val", "final_eval.method=[nope]"], "final_eval.method"),
+])
+def test_bad_final_evaluation_fails_before_training(tmp_path, monkeypatch, overrides, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        train(compose_train(overrides))
+    assert not (tmp_path / "checkpoints").exists()

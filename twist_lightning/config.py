@@ -107,6 +107,26 @@ class TwISTConfig:
 
 
 @dataclass
+class FinalEvalConfig:
+    """After training, evaluate the final checkpoint (``evaluate``'s settings; ``eval.json`` in the run folder).
+
+    ``split: null`` (the default) skips it; ``final_eval.split=test`` scores e.g. ``data.test_path``'s text.
+    """
+
+    split: Optional[str] = None
+    sizes: Optional[list[Any]] = None  # head counts or fractions; None = 1..n_head
+    samples: int = 16
+    method: list[str] = field(default_factory=list)  # pruning baselines: random|magnitude|activation|flap|reconstruct
+    common: Any = "default"
+    scale: bool = True
+    importance: bool = False
+    max_batches: Optional[int] = None
+    batch_tokens: int = 4096
+    calib_samples: int = 128
+    seed: int = 0
+
+
+@dataclass
 class TrainConfig:
     """The top-level run: groups plus run-wide settings."""
 
@@ -118,6 +138,7 @@ class TrainConfig:
     logger: Optional[dict[str, Any]] = None
     seed: int = 1337
     ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint
+    final_eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
     task_name: str = "train"
 
 

@@ -320,8 +320,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
         result["calibration"] = {"split": "train", "sequences": calibration.sequences, "tokens": calibration.tokens,
                                  "seed": calib_seed}
     data_used = {k: v for k, v in dm.hparams.items()}
+    extra: dict[str, Any] = {}
+    if vocab is not None and batches:  # how much of the scored text the compact vocabulary could not name
+        unk = sum(int((y == vocab.unk_id).sum()) for _, y in batches)
+        extra["unk_share"] = unk / sum(y.numel() for _, y in batches)
     return {"checkpoint": str(checkpoint), "model": model.config.to_dict(), "data": data_used, "split": split,
-            "vocab_remapped": remap, "device": str(dev), **result}
+            "vocab_remapped": remap, "device": str(dev), **extra, **result}
 
 
 # ---- the robustness grid ------------------------------------------------------------------------------------------

@@ -224,6 +224,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                                                       if init_vocab is not None else ""))
         module.vocab = init_vocab  # the module's setup then refuses data encoded with another vocabulary
     dm = build_datamodule(cfg, vocab_from=str(init) if init_vocab is not None else None)
+    check_final_eval(cfg, dm)
     strategy = build_strategy(cfg, module.model)
     callbacks = resampling_callbacks(strategy)
 
@@ -255,7 +256,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary.update(subnet_summary(cfg, module.model, dm, trainer.limit_val_batches))
         summary["wall_s"] = round(time.perf_counter() - start, 2)
         write_summary(summary, out_dir)
+        if cfg.final_eval.split is not None and not summary.get("diverged"):
+            final_evaluation(cfg, out_dir)
     return summary
+
+
+def check_final_eval(cfg: DictConfig, dm: TextDataModule) -> None:
+    """``final_eval``'s split and methods, before training (the evaluation itself runs after it)."""
+    from twist_lightning.evaluation import resolve_methods
+
+    split = cfg.final_eval.split
+    if split is None:
+        return
+    if split not in ("val", "test"):
+        raise SettingError(f"final_eval.split={split!r} must be val or test (or null: no final evaluation).")
+    if split not in dm.datasets:
+        raise SettingError(f"final_eval.split={split} but the data has no {split} split ({sorted(dm.datasets)}). Fix: "
+                           "set data.test_path=FILE (held-out text) or use final_eval.split=val.")
+    try:
+        resolve_methods(list(cfg.final_eval.method))
+    except ValueError as err:
+        raise SettingError(f"final_eval.method: {err}") from err
+
+
+def final_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """``final_eval``: ``evaluate`` on the run's last checkpoint, written to ``eval.json`` (and its plot)."""
+    from twist_lightning.evaluation import evaluate_checkpoint
+    from twist_lightning.plots import plot_boxes
+
+    c = kwargs_of(cfg.final_eval)
+    result = evaluate_checkpoint(out_dir / "checkpoints" / "last.ckpt", sizes=c["sizes"], samples=c["samples"],
+                                 common=c["common"], seed=c["seed"], importance=c["importance"], scale=c["scale"],
+                                 split=c["split"], max_batches=c["max_batches"], batch_tokens=c["batch_tokens"],
+                                 methods=c["method"], calib_samples=c["calib_samples"], progress=False)
+    write_json(out_dir / "eval.json", result)
+    plot_boxes(result, out_dir / "eval.png")
+    rank_zero_info(f"final evaluation ({c['split']} split, full PPL {result['full']['ppl']:.2f}) written to "
+                   f"{out_dir / 'eval.json'}")
+    return result
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
