@@ -72,3 +72,29 @@ def test_bad_folders_fail_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFix
     assert "does not exist" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 1
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_paper_claim_recipe_runs_end_to_end_with_tiny_overrides_and_reports(tmp_path: Path) -> None:
+    """Every stage of recipe=paper_claim_cpu (pretrain, fine-tunes, final test evaluations), tiny, then its report."""
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    tiny = ["model.n_layer=3", "model.n_embd=48", "model.block_size=32", "model.vocab_size=256", "data.batch_size=8",
+            "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
+            "module.warmup_steps=1", "final_eval.samples=2", "final_eval.max_batches=1", "final_eval.calib_samples=4",
+            "twist.eval_subnets=1", "~logger", "+trainer.enable_progress_bar=false"]
+    proc = subprocess.run([sys.executable, "-m", "twist_lightning.run", "recipe=paper_claim_cpu", *tiny,
+                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = sorted(sweep.glob("*/eval.json"))
+    assert len(evals) == 7 and all(json.loads(e.read_text())["split"] == "test" for e in evals)
+    plain = json.loads((sweep / "1" / "eval.json").read_text())
+    assert set(plain["sizes"][0]["methods"]) == {"random", "magnitude", "activation", "flap", "reconstruct"}
+    pretrain_vocab = json.loads((sweep / "0" / "eval.json").read_text())["unk_share"]
+    assert plain["unk_share"] == pytest.approx(pretrain_vocab)  # the fine-tunes keep the pretrained ids
+    assert main([str(sweep)]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "## TwIST's random subnets against post-training pruning" in text and "| 6/12 |" in text
+    assert "## Trained size x evaluated size" in text and "3/12" in text and "9/12" in text and "no scale" in text
+    assert (sweep / "report_trained.png").is_file()

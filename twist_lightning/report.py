@@ -43,14 +43,44 @@ def _kind(data: Any) -> str | None:
     return None
 
 
-def _overrides(run_dir: Path) -> str:
+#: Overrides every run of the report shares, left out of each row (stated once at the top); set by write_report.
+_SHARED: set[str] = set()
+
+
+def _override_list(run_dir: Path) -> list[str]:
     file = run_dir / ".hydra" / "overrides.yaml"
     if not file.is_file():
-        return ""
+        return []
     import yaml  # PyYAML comes with Hydra
 
-    values = yaml.safe_load(file.read_text()) or []
-    return " ".join(str(v) for v in values if not str(v).startswith("hydra."))
+    return [str(v) for v in (yaml.safe_load(file.read_text()) or []) if not str(v).startswith("hydra.")]
+
+
+def _overrides(run_dir: Path) -> str:
+    return " ".join(v for v in _override_list(run_dir) if v not in _SHARED)
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    file = run_dir / ".hydra" / "config.yaml"
+    if not file.is_file():
+        return {}
+    import yaml
+
+    return yaml.safe_load(file.read_text()) or {}
+
+
+def trained_as(run_dir: Path) -> str | None:
+    """How the run in ``run_dir`` trained: ``"dense"``, ``"6/12"`` (TwIST at that size, ``" no scale"`` added), or
+    ``None`` when the folder holds no Hydra run config."""
+    cfg = _run_config(run_dir)
+    if not cfg:
+        return None
+    twist, model = cfg.get("twist") or {}, cfg.get("model") or {}
+    if str(twist.get("variant", "none")) == "none":
+        return "dense"
+    n_head, n_sub = int(model.get("n_head", 0)), twist.get("n_sub")
+    heads = round(n_sub * n_head) if isinstance(n_sub, float) else n_sub
+    return f"{heads}/{n_head}" + ("" if twist.get("scale", True) else " no scale")
 
 
 def collect(dirs: list[str | os.PathLike[str]]) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
@@ -110,6 +140,68 @@ def _rel(path: Path, out_dir: Path) -> str:
 # ---------------------------------------------------------------------- sections
 
 
+def _label(file: Path, out_dir: Path) -> str:
+    overrides = _overrides(file.parent)
+    return f"{_rel(file.parent, out_dir)}" + (f" (`{overrides}`)" if overrides else "")
+
+
+def _comparison_sections(evals: list[tuple[Path, dict[str, Any]]], out_dir: Path, heatmap: Path) -> list[str]:
+    """Full models side by side; TwIST's random subnets against the best pruning of a densely trained model; and
+    the trained-size x evaluated-size table, from evaluations that sit in training run folders."""
+    runs = [(f, r, trained_as(f.parent)) for f, r in evals]
+    runs = [(f, r, t) for f, r, t in runs if t is not None]
+    if not runs:
+        return []
+    lines = ["## Full models", "", "| run | trained as | split | full PPL | unknown-token share |", "|---|---|---|---|---|"]
+    for f, r, t in runs:
+        unk = f"{r['unk_share']:.2%}" if r.get("unk_share") is not None else "n/a"
+        lines.append(f"| {_label(f, out_dir)} | {t} | {r.get('split')} | {_f(r['full']['ppl'], 2)} | {unk} |")
+    lines.append("")
+    pruned = [(f, r) for f, r, t in runs if t == "dense" and r["sizes"] and r["sizes"][0].get("methods")]
+    twisted = [(f, r, t) for f, r, t in runs if t != "dense"]
+    if pruned and twisted:
+        base_file, base = pruned[0]
+        best = {}
+        for row in base["sizes"]:
+            methods = {m: v for m, v in row["methods"].items() if v is not None and math.isfinite(v)}
+            if methods and row["heads"] < base["model"]["n_head"]:
+                m = min(methods, key=methods.get)
+                best[row["heads"]] = (m, methods[m])
+        lines += ["## TwIST's random subnets against post-training pruning", "",
+                  f"R = TwIST's mean random-subnet PPL / the best pruning method's PPL at the same size on "
+                  f"{_label(base_file, out_dir)} (the paper: R = 23.14 / 31.64 = 0.73 at 6/12 on GPT-2).", "",
+                  "| TwIST run | trained as | size | random mean ± std (min-max) | best pruning (method) | R |",
+                  "|---|---|---|---|---|---|"]
+        n_head = base["model"]["n_head"]
+        for f, r, t in twisted:
+            for row in r["sizes"]:
+                if row["heads"] in best and row.get("mean_ppl") is not None:
+                    m, v = best[row["heads"]]
+                    lines.append(f"| {_label(f, out_dir)} | {t} | {row['heads']}/{n_head} | {_f(row['mean_ppl'], 2)} ± "
+                                 f"{_f(row.get('std_ppl'), 2)} ({_f(row.get('min_ppl'), 2)}-{_f(row.get('max_ppl'), 2)})"
+                                 f" | {_f(v, 2)} ({m}) | {row['mean_ppl'] / v:.3f} |")
+        lines.append("")
+    sizes = sorted({row["heads"] for _, r, _ in runs for row in r["sizes"]})
+    if len(runs) > 1 and len(sizes) > 1:
+        lines += ["## Trained size x evaluated size", "",
+                  "Mean random-subnet PPL; rows: how a model was trained, columns: the size evaluated.", "",
+                  "| run | trained as | " + " | ".join(f"eval {h}" for h in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        for f, r, t in runs:
+            by = {row["heads"]: row.get("mean_ppl") for row in r["sizes"]}
+            lines.append(f"| {_label(f, out_dir)} | {t} | " + " | ".join(_f(by.get(h), 2) for h in sizes) + " |")
+        lines += ["", f"![trained size x evaluated size]({_rel(heatmap, out_dir)})", ""]
+    return lines
+
+
+def _trained_grid(evals: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> dict[str, Any] | None:
+    """The trained-size x evaluated-size table as a grid for :func:`_plot_grid` (``None`` if there is none)."""
+    rows = [{"checkpoint": _rel(f.parent, out_dir), "train_size": trained_as(f.parent), "heads": row["heads"],
+             "mean_ppl": row.get("mean_ppl")} for f, r in evals if trained_as(f.parent) is not None for row in r["sizes"]]
+    runs = {r["checkpoint"] for r in rows}
+    return {"rows": rows} if len(runs) > 1 and len({r["heads"] for r in rows}) > 1 else None
+
+
 def _runs_section(runs: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> list[str]:
     lines = ["## Runs", "",
              "| run | settings | variant | steps | full PPL | subnet | subnet PPL mean ± std (min-max) | subnet / full "
@@ -132,7 +224,7 @@ def _runs_section(runs: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> lis
 def _eval_section(file: Path, r: dict[str, Any], out_dir: Path, png: Path) -> list[str]:
     n_head = r["model"]["n_head"]
     methods = [m for m in (r["sizes"][0].get("methods", {}) if r["sizes"] else {}) if m != "random"]
-    lines = [f"## Evaluation: {_rel(file, out_dir)}", "",
+    lines = [f"## Evaluation: {_label(file, out_dir)}", "",
              f"Checkpoint `{r.get('checkpoint')}`, {r.get('split')} split, {r.get('tokens')} tokens, "
              f"{r.get('samples')} random subnets per size, common layers {r.get('common')}; full model PPL "
              f"**{_f(r['full']['ppl'], 2)}**.", "",
@@ -230,12 +322,25 @@ def write_report(dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str]
     out.parent.mkdir(parents=True, exist_ok=True)
     out_dir = out.parent.resolve()
     counts = {k: len(v) for k, v in found.items()}
+    folders = {f.parent for kind in found.values() for f, _ in kind}
+    lists = [set(_override_list(d)) for d in sorted(folders) if (d / ".hydra" / "overrides.yaml").is_file()]
+    _SHARED.clear()
+    if len(lists) > 1:
+        _SHARED.update(set.intersection(*lists))
     lines = ["# Report", "",
              f"Made by `python -m twist_lightning.report` from {counts['run']} run summaries, {counts['evaluate']} "
              f"evaluations and {counts['grid']} grids under " + ", ".join(f"`{_rel(Path(d).resolve(), out_dir)}`"
                                                                           for d in dirs) + ".", ""]
+    if _SHARED:
+        lines += ["Every run was started with: `" + " ".join(sorted(_SHARED)) + "`.", ""]
     if found["run"]:
         lines += _runs_section([(f.resolve(), d) for f, d in found["run"]], out_dir)
+    evals = [(f.resolve(), d) for f, d in found["evaluate"]]
+    heatmap = out_dir / f"{out.stem}_trained.png"
+    lines += _comparison_sections(evals, out_dir, heatmap)
+    trained = _trained_grid(evals, out_dir)
+    if plots and trained is not None:
+        _plot_grid(trained, heatmap)
     n = 0
     for file, result in found["evaluate"]:
         n += 1

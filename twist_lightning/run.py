@@ -237,6 +237,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                            "wall_s": round(time.perf_counter() - start, 2)}, out_dir)
         raise
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    if cfg.final_eval.split is not None:
+        # last.ckpt is the resume point (the central model as of the last sync, with the workers' state); the final
+        # evaluation scores the model as trained to the end, the last partial round folded in (every rank saves)
+        trainer.save_checkpoint(out_dir / "checkpoints" / "final.ckpt")
     summary = summarize(trainer, dm, metrics, time.perf_counter() - start)
     if init is not None:
         summary["init_from"] = str(init)
@@ -280,12 +284,12 @@ def check_final_eval(cfg: DictConfig, dm: TextDataModule) -> None:
 
 
 def final_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """``final_eval``: ``evaluate`` on the run's last checkpoint, written to ``eval.json`` (and its plot)."""
+    """``final_eval``: ``evaluate`` on the run's final checkpoint, written to ``eval.json`` (and its plot)."""
     from twist_lightning.evaluation import evaluate_checkpoint
     from twist_lightning.plots import plot_boxes
 
     c = kwargs_of(cfg.final_eval)
-    result = evaluate_checkpoint(out_dir / "checkpoints" / "last.ckpt", sizes=c["sizes"], samples=c["samples"],
+    result = evaluate_checkpoint(out_dir / "checkpoints" / "final.ckpt", sizes=c["sizes"], samples=c["samples"],
                                  common=c["common"], seed=c["seed"], importance=c["importance"], scale=c["scale"],
                                  split=c["split"], max_batches=c["max_batches"], batch_tokens=c["batch_tokens"],
                                  methods=c["method"], calib_samples=c["calib_samples"], progress=False)
