@@ -78,6 +78,7 @@ class ModuleConfig:
     decay_steps: Optional[int] = None
     optimizer: str = "adamw"
     compile: bool = False
+    fused: Optional[bool] = None  # AdamW's fused kernel; null = where torch has it (CPU, CUDA)
 
 
 @dataclass

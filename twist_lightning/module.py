@@ -33,6 +33,9 @@ class TwISTLitModule(L.LightningModule):
         decay_steps: length of the schedule; ``None`` takes ``trainer.estimated_stepping_batches``.
         optimizer: ``"adamw"`` or ``"sgd"`` (plain SGD, no momentum: the equivalence tests' optimizer).
         compile: wrap the model in ``torch.compile`` (about +7% on CPU, 26 s first compile).
+        fused: AdamW's fused kernel (one pass per parameter instead of about ten): ``None`` uses it where torch has
+            it (CPU and CUDA). On the GPT-2 124M shape it makes the optimizer step about 6x faster on this CPU,
+            where the foreach kernel took half of a batch-1 training step.
 
     Example::
 
@@ -53,6 +56,7 @@ class TwISTLitModule(L.LightningModule):
         decay_steps: int | None = None,
         optimizer: str = "adamw",
         compile: bool = False,
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model, GPTConfig):
@@ -144,7 +148,10 @@ class TwISTLitModule(L.LightningModule):
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+            fused = hp.get("fused")
+            if fused is None:
+                fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.model.parameters())
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=bool(fused))
         total = hp.decay_steps or self.trainer.estimated_stepping_batches  # inf for an endless trainer
         if total <= 0 or total == math.inf:
             rank_zero_warn("No finite schedule length: set trainer.max_steps or module.decay_steps; "
