@@ -44,7 +44,10 @@ def counting_allreduce_hook(
     The annotations must stay real objects (no ``from __future__ import annotations`` here): DDP's
     ``register_comm_hook`` rejects a hook whose ``bucket`` annotation is not ``dist.GradBucket``.
     """
-    counter.add(bucket.buffer())
+    buffer = bucket.buffer()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    # a ring all-reduce delivers 2 (world - 1) / world of the buffer to each rank (reduce-scatter, then all-gather)
+    counter.add(buffer, received=2 * (world - 1) * buffer.numel() * buffer.element_size() // max(world, 1))
     return allreduce_hook(None, bucket)  # None: the default (world) process group
 
 

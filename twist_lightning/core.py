@@ -253,6 +253,7 @@ class TwISTCore:
         self.outer_buffer = None if buffer is None else buffer.to(self.central.device, self.central.dtype)
         self.counter.bytes = self._pending.get("bytes_communicated", 0)
         self.counter.calls = self._pending.get("collective_calls", 0)
+        self.counter.received = self._pending.get("bytes_received", 0)
         self._pending = None
         self.activate(0)
 
@@ -429,7 +430,8 @@ class TwISTCore:
         return {"round": self.round, "step_in_round": self.step_in_round, "steps_done": self.steps_done,
                 "workers": local,
                 "outer_buffer": None if self.outer_buffer is None else self.outer_buffer.detach().cpu().clone(),
-                "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls}
+                "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls,
+                "bytes_received": self.counter.received}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Keep a saved state; :meth:`setup` applies its round, :meth:`bind` its workers' values and moments."""

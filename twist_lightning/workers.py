@@ -121,15 +121,19 @@ class Worker:
 
 
 class CollectiveCounter:
-    """Bytes a rank hands to collectives (payload size, not wire traffic): the same yardstick for TwIST and DDP."""
+    """Bytes a rank hands to collectives (``bytes``: payload size, the same yardstick for TwIST and DDP) and the
+    bytes that reach it from the other ranks (``received``: what the collective's algorithm delivers to it, e.g.
+    ``(world - 1) x payload`` for an all_gather, ``2 (world - 1) / world x payload`` for a ring all-reduce)."""
 
     def __init__(self) -> None:
         self.bytes = 0
         self.calls = 0
+        self.received = 0
 
-    def add(self, tensor: torch.Tensor) -> None:
+    def add(self, tensor: torch.Tensor, received: int = 0) -> None:
         self.bytes += tensor.numel() * tensor.element_size()
         self.calls += 1
+        self.received += int(received)
 
 
 def exchange_held(local: list[torch.Tensor], counter: CollectiveCounter | None = None) -> list[torch.Tensor]:
@@ -137,8 +141,8 @@ def exchange_held(local: list[torch.Tensor], counter: CollectiveCounter | None =
     mine = torch.cat(local)  # (n_local * n_held,)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-        if counter is not None:
-            counter.add(mine)
+        if counter is not None:  # every other rank's vector arrives here
+            counter.add(mine, received=(dist.get_world_size() - 1) * mine.numel() * mine.element_size())
         dist.all_gather(gathered, mine)
         mine = torch.cat(gathered)
     return list(mine.chunk(mine.numel() // local[0].numel()))

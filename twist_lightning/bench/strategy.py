@@ -17,6 +17,12 @@ Every figure is measured inside the ranks by a callback and written to a per-ran
   (total / syncs, the final partial sync at train end included) / ``sync_every``, the steady-state rate; it equals
   total / steps when steps is a multiple of ``sync_every`` (the CPU preset's 30 steps). On the 124M shape a run
   of a few steps syncs once (at train end), so its bytes/step is that measured per-sync payload / 15.
+* ``received_per_sync``: the bytes that reach the rank from the others per sync (``counter.received``: an
+  all_gather delivers the other ranks' payloads; DDP's ring all-reduce 2 (world - 1) / world of its buffer, per
+  step). ``config.traffic`` holds the same per rank for S = 2, 3, 4 real processes (tiny model) and, computed from
+  that accounting, S = 8, 64, 512.
+* ``rank_total_bytes``: every byte the rank keeps for training: its training state (below), the central model,
+  carried moments, the outer optimizer's state and the index bookkeeping; ``rank_ratio`` is that over DDP's.
 * ``train_state_bytes``: the rank's peak over steps of parameters + gradients + optimizer state tensors it trains
   with (``numel * element_size`` of the optimizer's params, their ``.grad`` and ``optimizer.state``). TwIST's
   host-side central model (``strategy.central``) is reported separately as ``central_bytes``, and its index
@@ -46,7 +52,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from twist_lightning.bench.common import base_parser, format_report, make_report, target, write_report
+from twist_lightning.bench.common import base_parser, format_report, format_table, make_report, target, write_report
 from twist_lightning.comm import CountingDDPStrategy
 from twist_lightning.model import GPTConfig
 from twist_lightning.module import TwISTLitModule
@@ -59,27 +65,41 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3 layers: with the first and last common a 2-layer model has nothing to split, which TwISTStrategy refuses
     "tiny": dict(model="tiny", n_layer=3, seq_len=32, batch=4, steps=6, warmup=1, repeats=1),
 }
-#: (label, TwIST variant or None for DDP, common set).
-ROWS: list[tuple[str, str | None, str | None]] = [
-    ("ddp", None, None),
-    ("masked C=none", "masked", "none"),
-    ("true C=none", "true", "none"),
-    ("hybrid C=none", "hybrid", "none"),
-    ("true C=first+last", "true", "default"),
+#: (label, TwIST variant or None for DDP, common set, sync dtype).
+ROWS: list[tuple[str, str | None, str | None, str]] = [
+    ("ddp", None, None, "float32"),
+    ("masked C=none", "masked", "none", "float32"),
+    ("true C=none", "true", "none", "float32"),
+    ("hybrid C=none", "hybrid", "none", "float32"),
+    ("true C=first+last", "true", "default", "float32"),
+    ("true C=none bf16", "true", "none", "bfloat16"),
 ]
 COLUMNS = ["name", "step_s", "sync_s", "step_amortized_s", "time_ratio", "bytes_per_step", "comm_ratio",
-           "train_state_MB", "state_ratio", "central_MB", "index_MB"]
+           "received_per_sync_MB", "train_state_MB", "rank_total_MB", "rank_ratio", "central_MB", "index_MB"]
+#: Worker counts of the traffic table: run with that many real processes (tiny model), and computed only.
+TRAFFIC_RUN, TRAFFIC_COMPUTED = (2, 3, 4), (8, 64, 512)
 WORLD = 2
 MB = 2**20
 
 
 class TimedTwISTStrategy(TwISTStrategy):
-    """``TwISTStrategy`` that also records how long each ``sync()`` takes (in ``sync_times``)."""
+    """``TwISTStrategy`` that also records how long each sync takes (in ``sync_times``).
 
-    def sync(self) -> None:
-        start = time.perf_counter()
-        super().sync()
-        self.__dict__.setdefault("sync_times", []).append(time.perf_counter() - start)
+    It wraps the core's ``sync``: every sync goes through it (the core's own end-of-round and end-of-training
+    syncs as well as ``strategy.sync()``), where overriding the strategy's method would miss the first two.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sync_times: list[float] = []
+        untimed = self.core.sync
+
+        def timed() -> None:
+            start = time.perf_counter()
+            untimed()
+            self.sync_times.append(time.perf_counter() - start)
+
+        self.core.sync = timed
 
 
 def _tensor_bytes(tensors) -> int:
@@ -123,13 +143,16 @@ class RankProbe(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:  # after TwIST's final sync in strategy.on_train_end
         s = trainer.strategy
         central = getattr(s, "central", None)
+        moments = getattr(s, "central_moments", None) or {}
+        outer = getattr(s, "outer_buffer", None)
         # row/column indices of every blueprint plus the 1-byte held masks of masked workers
         indices = [t for idx in getattr(s, "all_indices", None) or [] for _, t in idx.values()]
         indices += [w.mask for w in getattr(s, "workers", []) if w.mask is not None]
         record = {
             "rank": trainer.global_rank, "steps": trainer.global_step, "threads": torch.get_num_threads(),
             "times_s": self.times, "state": self.peak,
-            "bytes": s.counter.bytes, "calls": s.counter.calls,
+            "bytes": s.counter.bytes, "calls": s.counter.calls, "received": s.counter.received,
+            "moments_bytes": _tensor_bytes(moments.values()), "outer_bytes": _tensor_bytes([outer]),
             "central_bytes": 0 if central is None else central.numel() * central.element_size(),
             "index_bytes": _tensor_bytes(indices),
             "sync_times_s": getattr(s, "sync_times", []),
@@ -144,20 +167,21 @@ def _free_port() -> int:
 
 
 def _job(config: GPTConfig, variant: str | None, common: str | None, *, seq_len: int, batch: int, steps: int,
-         sync_every: int, n_sub: float, seed: int, folder: str, timeout_s: int) -> None:
+         sync_every: int, n_sub: float, seed: int, folder: str, timeout_s: int, sync_dtype: str = "float32",
+         world: int = WORLD) -> None:
     """Train one strategy in this (already launched) rank; the probe writes the rank's record into ``folder``."""
     torch.manual_seed(seed)
     module = TwISTLitModule(config, lr=1e-3, warmup_steps=0, decay_steps=max(steps, 1))
     g = torch.Generator().manual_seed(seed)
-    data = torch.randint(0, config.vocab_size, (WORLD * batch * steps, seq_len + 1), generator=g)
+    data = torch.randint(0, config.vocab_size, (world * batch * steps, seq_len + 1), generator=g)
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=batch)
     timeout = timedelta(seconds=timeout_s)
     if variant is None:
         strategy = CountingDDPStrategy(timeout=timeout)
     else:
         strategy = TimedTwISTStrategy(variant=variant, common=common, n_sub=n_sub, sync_every=sync_every,
-                                      seed=seed, timeout=timeout)
-    trainer = L.Trainer(accelerator="cpu", devices=WORLD, strategy=strategy, max_steps=steps, logger=False,
+                                      seed=seed, timeout=timeout, sync_dtype=sync_dtype)
+    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[RankProbe(folder)])
     trainer.fit(module, loader)
@@ -165,24 +189,24 @@ def _job(config: GPTConfig, variant: str | None, common: str | None, *, seq_len:
     gc.collect()  # the next job's model must not sit beside this one's (124M: GBs a rank)
 
 
-def _rank_main(rank: int, port: int, jobs: list[dict[str, Any]], threads: int) -> None:
+def _rank_main(rank: int, port: int, jobs: list[dict[str, Any]], threads: int, world: int = WORLD) -> None:
     """One of the ``WORLD`` spawned ranks: look like a torchrun worker to Lightning and run every job in turn.
 
     One launch serves all strategies and passes of a preset (a spawn costs ~10-30 s of start-up here); the process
     group is created by the first Trainer and reused by the next ones (Lightning skips an initialised group).
     """
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), GROUP_RANK="0", NODE_RANK="0",
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0", NODE_RANK="0",
                       TORCHELASTIC_RUN_ID="twist-bench-strategy")
     torch.set_num_threads(threads)
     for job in jobs:
-        _job(**job)
+        _job(**job, world=world)
 
 
-def run_jobs(jobs: list[dict[str, Any]]) -> None:
-    """Spawn ``WORLD`` CPU ranks (gloo) that run ``jobs`` in order."""
-    threads = max(1, (os.cpu_count() or WORLD) // WORLD)
-    torch.multiprocessing.spawn(_rank_main, args=(_free_port(), jobs, threads), nprocs=WORLD, join=True)
+def run_jobs(jobs: list[dict[str, Any]], world: int = WORLD) -> None:
+    """Spawn ``world`` CPU ranks (gloo) that run ``jobs`` in order."""
+    threads = max(1, (os.cpu_count() or world) // world)
+    torch.multiprocessing.spawn(_rank_main, args=(_free_port(), jobs, threads, world), nprocs=world, join=True)
 
 
 def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]], warmup: int,
@@ -197,16 +221,25 @@ def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]],
     if variant is None:  # DDP: every step all-reduces every gradient
         per_sync = r0["bytes"] / max(steps, 1)
         per_step = per_sync
+        received = r0["received"] / max(steps, 1)
     else:
         per_sync = r0["bytes"] / max(r0["calls"], 1)
         per_step = per_sync / sync_every
+        received = max(r["received"] for r in last) / max(r0["calls"], 1)
     state_rank = max(last, key=lambda r: r["state"]["total"])
+    # every byte the rank keeps: what it trains with, the central model, carried moments, outer state, indices
+    held = max(r["state"]["total"] + r["central_bytes"] + r.get("moments_bytes", 0) + r.get("outer_bytes", 0)
+               + r["index_bytes"] for r in last)
     return {
         "name": f"{preset} {label}", "preset": preset, "strategy": "ddp" if variant is None else f"twist-{variant}",
         "steps": steps, "step_s": step_s, "step_s_per_pass": step_medians, "sync_s": sync_s,
         "step_amortized_s": step_s + (sync_s / sync_every if variant else 0.0),
         "bytes_total": r0["bytes"], "collective_calls": r0["calls"], "bytes_per_sync": per_sync,
         "bytes_per_step": per_step, "bytes_per_step_measured": r0["bytes"] / max(steps, 1),
+        "received_per_sync": received, "received_per_sync_MB": received / MB,
+        "rank_total_bytes": held, "rank_total_MB": held / MB,
+        "moments_bytes": max(r.get("moments_bytes", 0) for r in last),
+        "outer_bytes": max(r.get("outer_bytes", 0) for r in last),
         "train_state_bytes": state_rank["state"]["total"], "param_bytes": state_rank["state"]["params"],
         "grad_bytes": state_rank["state"]["grads"], "optimizer_bytes": state_rank["state"]["optimizer"],
         "train_state_MB": state_rank["state"]["total"] / MB,
@@ -220,7 +253,8 @@ def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]],
 
 
 def run(presets: list[str], steps: int | None = None, warmup: int | None = None, repeats: int | None = None,
-        sync_every: int = 15, n_sub: float = 0.5, seed: int = 0, timeout_s: int = 600) -> dict[str, Any]:
+        sync_every: int = 15, n_sub: float = 0.5, seed: int = 0, timeout_s: int = 600,
+        with_traffic: bool = True) -> dict[str, Any]:
     """Run every row of every preset and return the report (see :mod:`twist_lightning.bench.common`)."""
     rows: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
@@ -231,45 +265,87 @@ def run(presets: list[str], steps: int | None = None, warmup: int | None = None,
         seq_len = min(p["seq_len"], cfg.block_size)
         settings[preset] = {"model": cfg.to_dict(), "seq_len": seq_len, "batch_per_rank": p["batch"],
                             "steps": p["steps"], "warmup": p["warmup"], "repeats": p["repeats"]}
-        records: dict[str, list[list[dict]]] = {label: [] for label, _, _ in ROWS}
+        records: dict[str, list[list[dict]]] = {label: [] for label, *_ in ROWS}
         with tempfile.TemporaryDirectory(prefix="twist-bench-") as tmp:
             jobs = []
             for i in range(p["repeats"]):  # passes interleaved: load changes hit every strategy alike
-                for j, (label, variant, common) in enumerate(ROWS):
+                for j, (label, variant, common, dtype) in enumerate(ROWS):
                     folder = Path(tmp, f"pass{i}-row{j}")
                     folder.mkdir()
                     jobs.append(dict(config=cfg, variant=variant, common=common, seq_len=seq_len, batch=p["batch"],
                                      steps=p["steps"], sync_every=sync_every, n_sub=n_sub, seed=seed,
-                                     folder=str(folder), timeout_s=timeout_s))
+                                     folder=str(folder), timeout_s=timeout_s, sync_dtype=dtype))
             run_jobs(jobs)
             for i in range(p["repeats"]):
-                for j, (label, _, _) in enumerate(ROWS):
+                for j, (label, *_) in enumerate(ROWS):
                     records[label].append([json.loads(Path(tmp, f"pass{i}-row{j}", f"rank{r}.json").read_text())
                                            for r in range(WORLD)])
         preset_rows = [_row(preset, label, variant, records[label], p["warmup"], sync_every)
-                       for label, variant, _ in ROWS]
+                       for label, variant, *_ in ROWS]
         ddp = preset_rows[0]
         for row in preset_rows:
             row["time_ratio"] = row["step_amortized_s"] / ddp["step_amortized_s"]
             row["comm_ratio"] = row["bytes_per_step"] / ddp["bytes_per_step"]
             row["state_ratio"] = row["train_state_bytes"] / ddp["train_state_bytes"]
+            row["rank_ratio"] = row["rank_total_bytes"] / ddp["rank_total_bytes"]
         rows.extend(preset_rows)
-    return make_report("strategy", _config(presets, settings, sync_every, n_sub, seed), rows, _targets(presets, rows))
+    config = _config(presets, settings, sync_every, n_sub, seed)
+    config["traffic"] = traffic(sync_every=sync_every, n_sub=n_sub, seed=seed, timeout_s=timeout_s) if with_traffic \
+        else None
+    return make_report("strategy", config, rows, _targets(presets, rows, config["traffic"]))
 
 
-def _targets(presets: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for preset in presets:
-        twist = [r for r in rows if r["preset"] == preset and r["strategy"] != "ddp" and r["name"].endswith("C=none")]
-        worst = max(twist, key=lambda r: r["comm_ratio"])
-        out.append(target(f"{preset}: TwIST bytes/step (C=none, worst variant: {worst['name']}) / DDP's",
-                          worst["comm_ratio"], "<= 0.1", worst["comm_ratio"] <= 0.1))
+def traffic(sync_every: int = 15, n_sub: float = 0.5, seed: int = 0, timeout_s: int = 600) -> list[dict[str, Any]]:
+    """Bytes a rank sends and receives per sync, TwIST true C=none, for S = 2, 3, 4 real processes (tiny model,
+    gloo, one worker each) and, from the same accounting, S = 8, 64, 512 (computed: today's sync is one
+    all_gather of every worker's held vector, so a rank sends its own and receives the other S - 1)."""
+    p = PRESETS["tiny"]
+    cfg = GPTConfig.from_preset(p["model"], dropout=0.0, n_layer=p["n_layer"])
+    model_bytes = sum(t.numel() * 4 for t in TwISTLitModule(cfg).model.parameters())
+    out, held = [], None
+    for world in TRAFFIC_RUN:
+        with tempfile.TemporaryDirectory(prefix="twist-bench-traffic-") as tmp:
+            run_jobs([dict(config=cfg, variant="true", common="none", seq_len=p["seq_len"], batch=p["batch"],
+                           steps=sync_every, sync_every=sync_every, n_sub=n_sub, seed=seed, folder=tmp,
+                           timeout_s=timeout_s)], world=world)
+            ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+        calls = max(ranks[0]["calls"], 1)
+        sent, received = max(r["bytes"] for r in ranks) / calls, max(r["received"] for r in ranks) / calls
+        held = sent
+        out.append({"workers": world, "run": True, "sent_per_sync": sent, "received_per_sync": received,
+                    "received_over_model": received / model_bytes, "model_bytes": model_bytes})
+    for world in TRAFFIC_COMPUTED:
+        out.append({"workers": world, "run": False, "sent_per_sync": held, "received_per_sync": (world - 1) * held,
+                    "received_over_model": (world - 1) * held / model_bytes, "model_bytes": model_bytes})
+    return out
+
+
+def _targets(presets: list[str], rows: list[dict[str, Any]], traffic_rows: list[dict[str, Any]] | None = None
+             ) -> list[dict[str, Any]]:
+    """The strategy-performance issue's targets, judged on the main preset (GPT-2 124M shape when run)."""
     main = "gpt2" if "gpt2" in presets else presets[0]
-    true = next(r for r in rows if r["name"] == f"{main} true C=none")
-    out.append(target(f"{main}: TwIST true step time (amortized, sync included) / DDP's", true["time_ratio"],
-                      "<= 0.7", true["time_ratio"] <= 0.7))
-    out.append(target(f"{main}: TwIST true worker training state / DDP rank's", true["state_ratio"], "<= 0.7",
-                      true["state_ratio"] <= 0.7))
+    by = {r["name"].removeprefix(f"{main} "): r for r in rows if r["preset"] == main}
+    twist = [r for name, r in by.items() if r["strategy"] != "ddp"]
+    out = [target(f"{main}: sync seconds, slowest variant ({max(twist, key=lambda r: r['sync_s'])['name']})",
+                  max(r["sync_s"] for r in twist), "<= 1.0", max(r["sync_s"] for r in twist) <= 1.0),
+           target(f"{main}: TwIST true step (amortized, sync included) / DDP's", by["true C=none"]["time_ratio"],
+                  "<= 0.55", by["true C=none"]["time_ratio"] <= 0.55),
+           target(f"{main}: TwIST true per-rank bytes held (training state, central model, moments, outer state, "
+                  "indices) / DDP rank's", by["true C=none"]["rank_ratio"], "<= 0.72",
+                  by["true C=none"]["rank_ratio"] <= 0.72),
+           target(f"{main}: TwIST masked step (amortized) / DDP's", by["masked C=none"]["time_ratio"], "<= 0.85",
+                  by["masked C=none"]["time_ratio"] <= 0.85)]
+    fp32 = [r for name, r in by.items() if r["strategy"] != "ddp" and name.endswith("C=none")]
+    worst = max(fp32, key=lambda r: r["comm_ratio"])
+    out.append(target(f"{main}: TwIST bytes/step fp32 (C=none, worst variant: {worst['name']}) / DDP's",
+                      worst["comm_ratio"], "<= 0.05", worst["comm_ratio"] <= 0.05))
+    bf16 = by["true C=none bf16"]["comm_ratio"]
+    out.append(target(f"{main}: TwIST true bytes/step with sync_dtype=bfloat16 / DDP's", bf16, "<= 0.025",
+                      bf16 <= 0.025))
+    if traffic_rows:
+        worst_s = max(traffic_rows, key=lambda r: r["received_over_model"])
+        out.append(target(f"received bytes per rank per sync / model bytes, worst S ({worst_s['workers']})",
+                          worst_s["received_over_model"], "<= 2.5", worst_s["received_over_model"] <= 2.5))
     return out
 
 
@@ -295,6 +371,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: per preset)")
     parser.add_argument("--sync-every", type=int, default=15)
     parser.add_argument("--n-sub", type=float, default=0.5)
+    parser.add_argument("--no-traffic", action="store_true",
+                        help="skip the bytes-per-rank table for S = 2, 3, 4 processes (and 8, 64, 512 computed)")
     parser.set_defaults(warmup=None, repeats=None)  # per preset unless given
     args = parser.parse_args(argv)
     presets = [p.strip() for p in args.preset.split(",") if p.strip()]
@@ -302,7 +380,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown or not presets:
         parser.error(f"--preset {args.preset!r}: choose among {sorted(PRESETS)}")
     report = run(presets, steps=args.steps, warmup=args.warmup, repeats=args.repeats, sync_every=args.sync_every,
-                 n_sub=args.n_sub, seed=args.seed)
+                 n_sub=args.n_sub, seed=args.seed, with_traffic=not args.no_traffic)
     print(format_report(report, COLUMNS))
+    if report["config"]["traffic"]:
+        print(format_table(report["config"]["traffic"], ["workers", "run", "sent_per_sync", "received_per_sync",
+                                                         "received_over_model"]))
     write_report(report, args.out)
     return report
