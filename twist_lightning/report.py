@@ -341,19 +341,14 @@ def write_report(dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str]
     trained = _trained_grid(evals, out_dir)
     if plots and trained is not None:
         _plot_grid(trained, heatmap)
-    n = 0
-    for file, result in found["evaluate"]:
-        n += 1
+    # one section and one numbered PNG per evaluation, then per grid
+    sections = [(f, d, _eval_section, _plot_sizes) for f, d in found["evaluate"]]
+    sections += [(f, d, _grid_section, _plot_grid) for f, d in found["grid"]]
+    for n, (file, data, section, plot) in enumerate(sections, start=1):
         png = out_dir / f"{out.stem}_{n}.png"
-        lines += _eval_section(file.resolve(), result, out_dir, png)
+        lines += section(file.resolve(), data, out_dir, png)
         if plots:
-            _plot_sizes(result, png)
-    for file, grid in found["grid"]:
-        n += 1
-        png = out_dir / f"{out.stem}_{n}.png"
-        lines += _grid_section(file.resolve(), grid, out_dir, png)
-        if plots:
-            _plot_grid(grid, png)
+            plot(data, png)
     with atomic_path(out) as tmp:
         Path(tmp).write_text("\n".join(lines))
     return out
