@@ -30,9 +30,10 @@ Every figure is measured inside the ranks by a callback and written to a per-ran
   its gradient bucket buffers (one more gradient-sized copy unless ``gradient_as_bucket_view=True``).
 
 Both ranks share the machine's cores (1 torch thread each on 2 cores) and the machine may be shared with other
-work, so times are noisy: rows run one after another per pass, and ``--repeats`` passes are interleaved (the
-median over passes is reported). The 2 ranks are spawned once per preset (``torch.multiprocessing.spawn``) and
-run every strategy in turn as torchrun-style workers, so start-up (10-30 s a launch here) is paid once.
+work, so times are noisy: rows run one after another per pass, and ``--repeats`` passes are interleaved; a row's
+``time_ratio`` is the median over passes of that pass's ratio to DDP's step (with ``time_ratio_min``/``max``).
+The 2 ranks are spawned once per preset (``torch.multiprocessing.spawn``) and run every strategy in turn as
+torchrun-style workers, so start-up (10-30 s a launch here) is paid once.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from twist_lightning.bench.common import base_parser, format_report, format_table, make_report, target, write_report
+from twist_lightning.bench.common import (base_parser, format_report, format_table, make_report, pair_ratios, target,
+                                          write_report)
 from twist_lightning.comm import CountingDDPStrategy
 from twist_lightning.model import GPTConfig
 from twist_lightning.module import TwISTLitModule
@@ -284,7 +286,11 @@ def run(presets: list[str], steps: int | None = None, warmup: int | None = None,
                        for label, variant, *_ in ROWS]
         ddp = preset_rows[0]
         for row in preset_rows:
-            row["time_ratio"] = row["step_amortized_s"] / ddp["step_amortized_s"]
+            # the median over passes of this pass's ratio to DDP's (passes interleave the strategies), with spread
+            amortized = [s + (row["sync_s"] / sync_every if row["strategy"] != "ddp" else 0.0)
+                         for s in row["step_s_per_pass"]]
+            pairs = pair_ratios(amortized, ddp["step_s_per_pass"])
+            row["time_ratio"], row["time_ratio_min"], row["time_ratio_max"] = pairs["median"], pairs["min"], pairs["max"]
             row["comm_ratio"] = row["bytes_per_step"] / ddp["bytes_per_step"]
             row["state_ratio"] = row["train_state_bytes"] / ddp["train_state_bytes"]
             row["rank_ratio"] = row["rank_total_bytes"] / ddp["rank_total_bytes"]
