@@ -212,7 +212,9 @@ def _runs_section(runs: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> lis
         subnet = (f"{_f(mean)} ± {_f(s.get('subnet_ppl_std'), 2)} ({_f(s.get('subnet_ppl_min'))}-"
                   f"{_f(s.get('subnet_ppl_max'))})" if mean is not None else "")
         ratio = f"{mean / full:.3f}" if mean is not None and full else ""
-        cells = [_rel(file.parent, out_dir), f"`{_overrides(file.parent)}`" if _overrides(file.parent) else "",
+        # a run folder's summary.json is named by its folder; a collected one (bench/results) by its file
+        name = _rel(file.parent if file.name == "summary.json" else file.with_suffix(""), out_dir)
+        cells = [name, f"`{_overrides(file.parent)}`" if _overrides(file.parent) else "",
                  s.get("twist_variant", ""), _f(s.get("global_step")), _f(full), s.get("subnet_size", ""), subnet,
                  ratio, _f(s.get("tokens_per_s"), 0), _f(s.get("wall_s"), 0), _f(s.get("bytes_per_step"), 0)]
         if s.get("diverged"):
