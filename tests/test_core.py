@@ -120,10 +120,11 @@ def test_outer_step_is_skipped_during_the_warm_start():
     assert core.outer_buffer is None
 
 
-def test_state_dict_round_trip_continues_mid_round_bit_for_bit():
+@pytest.mark.parametrize("sync_dtype", ["float32", "bfloat16"])
+def test_state_dict_round_trip_continues_mid_round_bit_for_bit(sync_dtype):
     data = batches(7)
     kw = dict(variant="true", n_sub=2, common="none", sync_every=3, workers_per_process=2,
-              optimizer_state="carry", outer="nesterov", outer_lr=0.8, outer_momentum=0.5)
+              optimizer_state="carry", outer="nesterov", outer_lr=0.8, outer_momentum=0.5, sync_dtype=sync_dtype)
     straight, _ = train_core(TwISTCore(**kw), data, lr=1e-2, optimizer="adamw")
 
     first = TwISTCore(**kw)

@@ -100,7 +100,7 @@ class TwISTCore:
         sync_dtype: ``"float32"`` or ``"bfloat16"``: the dtype held values (and carried moments) travel in. In
             bfloat16 a worker sends its *change* since the round began (the central value minus its own, which
             every rank can undo because every rank holds the central model), so the rounding is relative to what
-            training moved, not to the weights; averaging is in float32. Half the bytes. With virtual workers the
+            training moved, not to the weights (carried moments travel as they are); averaging is in float32. Half the bytes. With virtual workers the
             same rounding is applied although nothing travels, so a one-process run measures its effect.
         seed: seed of the blueprint sequence (the same on every rank).
     """
@@ -376,13 +376,15 @@ class TwISTCore:
         self._start_round(self._draw(self.round, self.steps_done))
 
     def _reference(self, index: dict) -> torch.Tensor:
-        """What every rank knows of a worker's held vector before the exchange: the central values (and moments)
-        on its blueprint, concatenated as :meth:`sync` concatenates the worker's own."""
-        refs = [self.layout.gather_held(self.central, index)]
-        if self.optimizer_policy == OptimizerState.carry:
-            refs += [self.layout.gather_held(self.central_moments[key], index) if self.central_moments is not None
-                     else torch.zeros_like(refs[0]) for key in MOMENTS]
-        return torch.cat(refs)
+        """What every rank knows of a worker's held vector before the exchange, laid out as :meth:`sync` lays out
+        the worker's own: the central values on its blueprint, and zeros for carried moments. Moments travel as
+        they are (bf16's 8 bits are relative to each moment, and a moment is re-estimated every step rather than
+        accumulated as the weights are), which also keeps a resumed run's rounding the same: the central moments
+        are not part of the resume state."""
+        values = self.layout.gather_held(self.central, index)
+        if self.optimizer_policy != OptimizerState.carry:
+            return values
+        return torch.cat([values, values.new_zeros(values.numel() * len(MOMENTS))])
 
     def _encode(self, w: Worker, held: torch.Tensor) -> torch.Tensor:
         """A worker's held vector as its change against the reference, in the sync dtype."""
