@@ -98,3 +98,13 @@ def test_paper_claim_recipe_runs_end_to_end_with_tiny_overrides_and_reports(tmp_
     assert "## TwIST's random subnets against post-training pruning" in text and "| 6/12 |" in text
     assert "## Trained size x evaluated size" in text and "3/12" in text and "9/12" in text and "no scale" in text
     assert (sweep / "report_trained.png").is_file()
+
+
+def test_committed_aggregation_report_is_reproduced_byte_for_byte(tmp_path: Path) -> None:
+    """bench/results/aggregation/report.md is what the report command makes of the JSON beside it."""
+    folder = RESULTS / "aggregation"
+    copy = tmp_path / "aggregation"
+    shutil.copytree(folder, copy)
+    (copy / "report.md").unlink()
+    assert main([str(copy), "--no-plots"]) == 0
+    assert (copy / "report.md").read_text() == (folder / "report.md").read_text()
