@@ -112,7 +112,7 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
     assert set(report) == {"bench", "machine", "config", "rows", "targets"} and report["bench"] == "strategy"
     names = [r["name"] for r in report["rows"]]
     assert names == ["tiny ddp", "tiny masked C=none", "tiny true C=none", "tiny hybrid C=none",
-                     "tiny true C=first+last"]
+                     "tiny true C=first+last", "tiny true C=none bf16"]
     for row in report["rows"]:
         assert {"step_s", "bytes_per_step", "bytes_per_sync", "train_state_bytes", "central_bytes",
                 "comm_ratio", "time_ratio", "state_ratio", "per_rank"} <= set(row)
@@ -124,3 +124,14 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
     assert true["train_state_bytes"] < ddp["train_state_bytes"]
     assert report["targets"] and all(set(t) == {"name", "value", "target", "met"} for t in report["targets"])
     assert "tiny ddp" in capsys.readouterr().out
+    # every byte a rank holds, the bf16 row's halved payload, the timed syncs, and the traffic table by S
+    bf16 = report["rows"][5]
+    assert true["sync_s"] > 0 and bf16["bytes_per_step"] * 2 == pytest.approx(true["bytes_per_step"])
+    assert true["rank_total_bytes"] == (true["train_state_bytes"] + true["central_bytes"] + true["moments_bytes"]
+                                        + true["outer_bytes"] + true["index_bytes"])
+    assert ddp["rank_total_bytes"] == ddp["train_state_bytes"]
+    traffic = {t["workers"]: t for t in report["config"]["traffic"]}
+    assert sorted(traffic) == [2, 3, 4, 8, 64, 512] and all(traffic[s]["run"] == (s <= 4) for s in traffic)
+    for s in (2, 3, 4):  # an all_gather: each rank receives the other S - 1 workers' held vectors
+        assert traffic[s]["received_per_sync"] == (s - 1) * traffic[s]["sent_per_sync"]
+    assert any(t["name"].startswith("received bytes per rank") for t in report["targets"])
