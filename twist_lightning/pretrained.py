@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from twist_lightning.checkpoint import CheckpointError, load_checkpoint, model_config
+from twist_lightning.checkpoint import CheckpointError, load_checkpoint, load_gpt
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.vocab import CompactVocab
 
@@ -31,7 +31,6 @@ __all__ = ["InitSourceKind", "PretrainedError", "init_from", "load_pretrained", 
 
 #: Fields that must agree for weights to carry over (``block_size`` may shrink; ``ffn_groups`` only regroups).
 MATCH_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias")
-_STATE_PREFIX = "model."
 
 
 class PretrainedError(ValueError):
@@ -163,19 +162,11 @@ def _read_checkpoint(path: Path, key: str, mmap: bool = False) -> dict[str, Any]
 
 
 def _from_checkpoint(path: Path, key: str) -> tuple[GPT, CompactVocab | None]:
-    ckpt = _read_checkpoint(path, key)
+    """The central model and vocabulary, through the project's own checkpoint loader (``checkpoint.load_gpt``)."""
     try:
-        config = model_config(ckpt, path)
-    except CheckpointError as err:
+        model, vocab, _ = load_gpt(path)
+    except (FileNotFoundError, CheckpointError) as err:
         raise PretrainedError(f"{key}={str(path)!r} cannot be used: {err}") from err
-    state = {k[len(_STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(_STATE_PREFIX)}
-    model = GPT(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise PretrainedError(f"{key}={str(path)!r}: its weights do not fit its own model config "
-                              f"({str(err).strip().splitlines()[0][:300]}).") from err
-    vocab = CompactVocab.from_state_dict(ckpt["compact_vocab"]) if ckpt.get("compact_vocab") else None
     return model, vocab
 
 
