@@ -334,3 +334,29 @@ def test_resume_mid_round_keeps_the_outer_momentum(tmp_path):
 def test_bad_outer_settings_fail_at_construction(kw, match):
     with pytest.raises(ValueError, match=match.replace(".", r"\.")):
         TwISTStrategy(**kw)
+
+
+def test_two_processes_sharded_equal_unsharded_and_resume_mid_round_bit_for_bit(tmp_path):
+    """The sharded central model (the default with several processes) through Lightning: the same parameters as
+    the unsharded all_gather sync, a checkpoint that holds the whole model and the whole outer momentum, and a
+    resumed two-process run that continues mid-round exactly."""
+    kw = dict(variant="hybrid", n_sub=2, common="none", sync_every=3, optimizer_state="carry", outer="nesterov",
+              outer_lr=0.8, outer_momentum=0.5, start_method="spawn")
+    runs = {}
+    for shard in (True, False):
+        runs[shard] = make_module()
+        fit(runs[shard], twist(shard_central=shard, **kw), devices=2, max_steps=7, n=32)
+    assert_same(params(runs[True]), params(runs[False]), atol=0)
+    assert any(not torch.equal(v, params(make_module())[k]) for k, v in params(runs[True]).items())
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    fit(make_module(), twist(**kw), devices=2, max_steps=4, callbacks=[SubnetResampling(), ckpt], root=tmp_path,
+        n=32)
+    saved = torch.load(tmp_path / "step=4.ckpt", weights_only=False)
+    gpt = GPT(GPTConfig(**SHAPE))  # the whole central model, loadable without the strategy
+    gpt.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")})
+    assert saved["twist"]["outer_buffer"].numel() == sum(p.numel() for p in gpt.parameters())
+    resumed = make_module(seed=123)
+    fit(resumed, twist(**kw), devices=2, max_steps=7, callbacks=[SubnetResampling()],
+        ckpt_path=str(tmp_path / "step=4.ckpt"), n=32)
+    assert_same(params(resumed), params(runs[True]), atol=0)

@@ -52,7 +52,8 @@ def main() -> None:
         "rank": trainer.global_rank, "node_rank": trainer.node_rank, "world_size": trainer.world_size,
         "environment": type(strategy.cluster_environment).__name__, "steps": trainer.global_step,
         "round": strategy.round, "syncs": strategy.counter.calls, "bytes": strategy.counter.bytes,
-        "central": strategy.central.detach().clone(), "init": init,
+        "central": torch.cat([p.detach().reshape(-1) for p in module.model.parameters()]),  # gathered after fit
+        "shard": strategy.central.numel(), "init": init,
     }, args.out / f"rank{trainer.global_rank}.pt")
 
 

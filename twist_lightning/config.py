@@ -100,6 +100,7 @@ class TwISTConfig:
     outer_lr: float = 1.0
     outer_momentum: float = 0.3
     sync_dtype: SyncDtype = SyncDtype.float32  # bfloat16: values and moments travel as bf16 changes, averaged in fp32
+    shard_central: bool = True  # several processes: each owns 1/world of the central rows; false: one all_gather
     # {from_step: sync interval}, e.g. +twist.schedule='{0:1,100:15}' (the + adds keys to the empty default);
     # empty = sync_every throughout
     schedule: dict[int, int] = field(default_factory=dict)

@@ -15,8 +15,11 @@ drive it the same way::
             core.deactivate(k)
         core.end_step()                            # counts the step; syncs and resamples at a round's end
 
-All ranks draw the same blueprints from ``(seed, round)``, so the only communication is one ``all_gather`` of the
-held values per sync (in ``workers.exchange_held``).
+All ranks draw the same blueprints from ``(seed, round)``, so the only communication is the held values at a
+sync. With several processes the central model is sharded by default (``shard_central``, :mod:`~twist_lightning.
+shards`): each rank owns a slice of rows of every parameter, and a sync is two ``all_to_all`` exchanges whose
+bytes per rank do not grow with the number of workers; unsharded, it is one ``all_gather`` of every worker's held
+values (``workers.exchange_held``), S x held received per rank. One process keeps one copy either way.
 
 Variants:
     masked: the live model is the full model running its subnet by index-select; units a worker does not hold are
@@ -40,6 +43,7 @@ from torch.optim import Optimizer
 from twist_lightning.model import GPT
 from twist_lightning.options import TWIST_VARIANTS, OptimizerState, OuterOptimizer, SyncDtype, Variant, choice
 from twist_lightning.partition import Blueprint, PartitionSpec, extract, param_index, sample_blueprints
+from twist_lightning.shards import ShardPlan, all_to_all, cut, paste
 from twist_lightning.workers import (
     CollectiveCounter,
     Layout,
@@ -102,6 +106,13 @@ class TwISTCore:
             every rank can undo because every rank holds the central model), so the rounding is relative to what
             training moved, not to the weights (carried moments travel as they are); averaging is in float32. Half the bytes. With virtual workers the
             same rounding is applied although nothing travels, so a one-process run measures its effect.
+            Sharded, only the way to the owners is rounded: the next round's rows travel back in float32, since
+            a worker does not know the new central values a bf16 change would be taken against.
+        shard_central: with several processes, each rank owns 1/world of the rows of every central parameter (and
+            of the outer momentum and carried moments), and a sync is an ``all_to_all`` to the owners and one
+            back (:mod:`~twist_lightning.shards`): the central model is identical to the unsharded one, bit for
+            bit, and no rank holds it whole except while validating or checkpointing (:meth:`materialize`).
+            ``False``: every rank keeps the whole central model and a sync is one ``all_gather``.
         seed: seed of the blueprint sequence (the same on every rank).
     """
 
@@ -121,6 +132,7 @@ class TwISTCore:
         outer_lr: float = 0.7,
         outer_momentum: float = 0.9,
         sync_dtype: str | SyncDtype = "float32",
+        shard_central: bool = True,
         seed: int = 0,
     ) -> None:
         self.variant = choice("twist.variant", variant, Variant, TWIST_VARIANTS)
@@ -148,7 +160,10 @@ class TwISTCore:
             raise ValueError(f"twist.warm_start={warm_start} needs twist.optimizer_state=carry: the warm start "
                              "resamples after every step, and resetting AdamW's moments there restarts Adam at "
                              "every step. HINT: add twist.optimizer_state=carry.")
+        if not isinstance(shard_central, bool):
+            raise ValueError(f"twist.shard_central={shard_central!r} must be true or false.")
         self.n_sub, self.common, self.scale, self.seed = n_sub, common, bool(scale), seed
+        self.shard_central = shard_central
         self.outer_lr, self.outer_momentum = float(outer_lr), float(outer_momentum)
 
         self.rank, self.world_size = 0, 1
@@ -159,6 +174,10 @@ class TwISTCore:
         self.central_model: GPT | None = None
         self.central: torch.Tensor | None = None  # the central model's parameters, one flat vector
         self.layout: Layout | None = None
+        self.plan: ShardPlan | None = None  # sharded central model: which rows each rank owns (None: one copy)
+        self._materialized = True  # sharded: whether central_model holds the central values now
+        self._out_routes: list[list] = []  # sharded: [local worker][owner] -> Route
+        self._in_routes: list = []  # sharded: [every worker] -> Route into this rank's shard
         self.blueprints: list[Blueprint] = []
         self.all_indices: list[dict] = []
         self.workers: list[Worker] = []
@@ -219,19 +238,30 @@ class TwISTCore:
             for t in model.state_dict().values():  # what DistributedDataParallel's wrapper would have broadcast
                 dist.broadcast(t, src=0)
         physical = self.physical_on(rank)
-        self.central_model = model if physical else copy.deepcopy(model)
-        self.central = flatten_parameters(self.central_model)
-        self.layout = Layout(self.central_model)
+        sharded = self.shard_central and world_size > 1
+        if sharded:  # the full values are here now (every rank has the broadcast model): take this rank's rows
+            full = flatten_parameters(model)
+            self.layout = Layout(model)
+            self.plan = ShardPlan(self.layout, world_size)
+            self.central = self.plan.take(full, rank)
+            self.central_model = model if physical else _empty_shell(model)
+            self._materialized = physical
+        else:
+            self.central_model = model if physical else copy.deepcopy(model)
+            self.central = full = flatten_parameters(self.central_model)
+            self.layout = Layout(self.central_model)
         if self._pending is not None:
             self.round, self.step_in_round = self._pending["round"], self._pending["step_in_round"]
             self.steps_done = self._pending.get("steps_done", 0)
         round_start = self.steps_done - self.step_in_round
         blueprints = self._draw(self.round, round_start)
-        live = extract(self.central_model, blueprints[rank * self.workers_per_process], scale=self.scale) \
+        live = extract(model, blueprints[rank * self.workers_per_process], scale=self.scale) \
             if physical else model
         self.model = live
-        self._live = flatten_parameters(live)
-        self._start_round(blueprints)
+        self._live = full if sharded and not physical else flatten_parameters(live)
+        self._start_round(blueprints, source=full)
+        if sharded and physical:
+            self.release()  # the full model's storage goes; the shard and the live slice remain
         return live
 
     def bind(self, optimizers: Sequence[Optimizer]) -> None:
@@ -250,6 +280,8 @@ class TwISTCore:
             w.values.copy_(saved["values"].to(w.values.device))
             w.optimizer_state = _restore_state(saved["optimizer"], params, w.values.device)
         buffer = self._pending.get("outer_buffer")
+        if buffer is not None and self.plan is not None:
+            buffer = self.plan.take(buffer, self.rank)
         self.outer_buffer = None if buffer is None else buffer.to(self.central.device, self.central.dtype)
         self.counter.bytes = self._pending.get("bytes_communicated", 0)
         self.counter.calls = self._pending.get("collective_calls", 0)
@@ -266,34 +298,72 @@ class TwISTCore:
         n_sub = 1.0 if self._round_warm else self.n_sub  # the warm start trains full subnets: data-parallel
         return sample_blueprints(self.spec, self.num_subnets, n_sub, self.seed, round)
 
-    def _start_round(self, blueprints: list[Blueprint]) -> None:
-        """Give every local worker its new blueprint and its values sliced from the central model."""
+    def _index_round(self, blueprints: list[Blueprint]) -> None:
+        """Every worker's parameter index for ``blueprints`` (and, sharded, how they meet the shards)."""
         self.blueprints = blueprints
+        self.all_indices = [param_index(self.central_model.config, bp, self.central.device) for bp in blueprints]
+        if self.plan is not None:
+            first = self.rank * self.workers_per_process
+            self._out_routes = [[self.plan.route(self.all_indices[first + k], r) for r in range(self.world_size)]
+                                for k in range(self.workers_per_process)]
+            self._in_routes = [self.plan.route(index, self.rank) for index in self.all_indices]
+
+    def _start_round(self, blueprints: list[Blueprint], source: torch.Tensor | None = None,
+                     received: list[list[torch.Tensor]] | None = None) -> None:
+        """Give every local worker its new blueprint and its values: sliced from the full vector ``source``
+        (default: the unsharded central model), or, sharded, the held vectors ``received`` from the owners (per
+        local worker: values, then carried moments)."""
+        if self.blueprints is not blueprints:
+            self._index_round(blueprints)
         device = self.central.device
-        self.all_indices = [param_index(self.central_model.config, bp, device) for bp in blueprints]
         physical = self.physical_on(self.rank)
         first = self.rank * self.workers_per_process
-        self.workers = []
+        previous, self.workers = self.workers, []
+        single = self.workers_per_process == 1
         for k in range(self.workers_per_process):
             bp, index = blueprints[first + k], self.all_indices[first + k]
-            source = self.layout.gather_held(self.central, index) if physical else self.central
-            values = self._live if self.workers_per_process == 1 else torch.empty_like(source)
-            values.copy_(source)
-            worker = Worker(bp, index, values, physical, self._initial_state(index, physical))
+            moments = None
+            if received is None:
+                src = self.central if source is None else source
+                start = self.layout.gather_held(src, index) if physical else src
+                values = self._live if single else torch.empty_like(start)
+                values.copy_(start)
+            else:  # sharded: the owners' rows of this worker's new subnet
+                held, moments = received[k][0], received[k][1:] or None
+                if physical:
+                    values = self._live if single else held
+                    values.copy_(held)
+                else:  # units outside the subnet keep stale values: the forward never reads them
+                    values = self._live if single else previous[k].values
+                    self.layout.scatter_held(values, index, held)
+            worker = Worker(bp, index, values, physical, self._initial_state(index, physical, moments))
             if not physical:
                 self.model.set_subnet(list(bp.heads), list(bp.ffn), scale=self.scale)
-                worker.subnet_cache, worker.mask = self.model.subnet_state, self.layout.held_mask(index, device)
+                worker.subnet_cache = self.model.subnet_state
+                if self.plan is None:
+                    worker.mask = self.layout.held_mask(index, device)
+            if self.plan is not None and self.sync_dtype != SyncDtype.float32:
+                worker.start = worker.held(self.layout).clone()  # the reference its bf16 change is taken against
             self.workers.append(worker)
         self.activate(0)
 
-    def _initial_state(self, index: dict, physical: bool) -> dict:
-        """A new worker's optimizer state: empty (``reset``), or sliced from the central moments (``carry``)."""
+    def _initial_state(self, index: dict, physical: bool, moments: list[torch.Tensor] | None = None) -> dict:
+        """A new worker's optimizer state: empty (``reset``), or sliced from the central moments (``carry``);
+        sharded, from the held ``moments`` the owners sent (zero outside the subnet of a masked worker)."""
         state: dict = defaultdict(dict)
-        if self.optimizer_policy != OptimizerState.carry or self.central_moments is None:
+        if self.optimizer_policy != OptimizerState.carry or (self.central_moments is None and moments is None):
             return state
         step = torch.tensor(float(self.steps_done))
         sliced = {}
-        for key, flat in self.central_moments.items():
+        if moments is not None:
+            for key, held in zip(MOMENTS, moments):
+                if physical:
+                    sliced[key] = self.layout.split_held(held, index)
+                else:
+                    full = held.new_zeros(self.layout.numel)
+                    self.layout.scatter_held(full, index, held)
+                    sliced[key] = self.layout.views(full)
+        for key, flat in ({} if moments is not None else self.central_moments).items():
             if physical:
                 sliced[key] = self.layout.split_held(self.layout.gather_held(flat, index), index)
             else:
@@ -327,7 +397,7 @@ class TwISTCore:
     def deactivate(self, k: int) -> None:
         """After worker ``k``'s step: restore the units it does not hold, and keep its values."""
         w = self.workers[k]
-        if not w.physical:  # units this worker does not hold go back to their central values
+        if w.mask is not None:  # units this worker does not hold go back to their central values (unsharded)
             torch.where(w.mask, self._live, self.central, out=self._live)
         if self.workers_per_process > 1:
             w.values.copy_(self._live)
@@ -349,6 +419,9 @@ class TwISTCore:
     @torch.no_grad()
     def sync(self) -> None:
         """Average every parameter over its holders into the central model, then resample."""
+        if self.plan is not None:
+            self._sync_sharded()
+            return
         carry = self.optimizer_policy == OptimizerState.carry
         local = [w.held(self.layout) for w in self.workers]
         n_held = local[0].numel()
@@ -374,6 +447,113 @@ class TwISTCore:
         self.round += 1
         self.step_in_round = 0
         self._start_round(self._draw(self.round, self.steps_done))
+
+    def _sync_sharded(self) -> None:
+        """:meth:`sync` on a sharded central model: held rows to their owners, average there, new rows back.
+
+        Each phase is one ``all_to_all``; the buffers hold, per destination rank and per worker, every channel's
+        pieces (channel 0 the values, then the carried moments), in the order both sides derive from the routes.
+        """
+        carry = self.optimizer_policy == OptimizerState.carry
+        bf16 = self.sync_dtype != SyncDtype.float32
+        wire = self.sync_dtype.torch_dtype if bf16 else self.central.dtype
+        W, me, wpp = self.world_size, self.rank, self.workers_per_process
+        channels = 1 + (len(MOMENTS) if carry else 0)
+        # phase 1: every local worker's pieces to their owners
+        local = []
+        for w in self.workers:
+            held = w.held(self.layout)
+            chans = [(w.start - held).to(wire) if bf16 else held]
+            if carry:  # moments travel as they are (see _reference)
+                chans += [self._held_moments(w, key).to(wire) for key in MOMENTS]
+            local.append(chans)
+        send_sizes = [channels * sum(self._out_routes[k][r].numel for k in range(wpp)) for r in range(W)]
+        send = torch.empty(sum(send_sizes), dtype=wire, device=self.central.device)
+        offset = 0
+        for r in range(W):
+            for k, w in enumerate(self.workers):
+                route = self._out_routes[k][r]
+                for chan in local[k]:
+                    cut(self.layout, chan, w.index, route, send[offset:offset + route.numel])
+                    offset += route.numel
+        del local
+        recv_sizes = [channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp)) for q in range(W)]
+        recv = all_to_all(send, send_sizes, recv_sizes, me, self.counter)
+        del send
+        shard = self.plan.shards[me]
+        parts, offset = [], 0
+        for route in self._in_routes:  # every worker, rank-major, as the ranks sent them
+            chans = []
+            for _ in range(channels):
+                chans.append(recv[offset:offset + route.numel].to(self.central.dtype))
+                offset += route.numel
+            if bf16:  # undo the change against the round's start, which this rank owns
+                chans[0] = shard.gather_held(self.central, route.index) - chans[0]
+            parts.append(chans)
+        del recv
+        indices = [route.index for route in self._in_routes]
+        outer = self.outer != OuterOptimizer.none and not self._round_warm
+        before = self.central.clone() if outer else None
+        average_over_holders(self.central, shard, [p[0] for p in parts], indices)
+        if before is not None:
+            self._outer_step(before)
+        if carry:
+            if self.central_moments is None:
+                self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
+            for i, key in enumerate(MOMENTS, start=1):
+                average_over_holders(self.central_moments[key], shard, [p[i] for p in parts], indices)
+        del parts
+        self.release()  # a gathered central model is stale now
+        self.round += 1
+        self.step_in_round = 0
+        blueprints = self._draw(self.round, self.steps_done)
+        self._index_round(blueprints)
+        # phase 2: every owner's rows of every worker's new subnet, to the worker's rank
+        sources = [self.central] + ([self.central_moments[key] for key in MOMENTS] if carry else [])
+        send_sizes = [channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp)) for q in range(W)]
+        send = torch.empty(sum(send_sizes), dtype=self.central.dtype, device=self.central.device)
+        offset = 0
+        for route in self._in_routes:
+            for source in sources:
+                shard.gather_held(source, route.index, out=send[offset:offset + route.numel])
+                offset += route.numel
+        recv_sizes = [channels * sum(self._out_routes[k][r].numel for k in range(wpp)) for r in range(W)]
+        recv = all_to_all(send, send_sizes, recv_sizes, me, self.counter)
+        del send
+        n_held = sum(s.numel() for s in self.layout.held_shapes(self.all_indices[me * wpp]))
+        received = [[recv.new_empty(n_held) for _ in range(channels)] for _ in range(wpp)]
+        offset = 0
+        for r in range(W):
+            for k in range(wpp):
+                route, index = self._out_routes[k][r], self.all_indices[me * wpp + k]
+                for c in range(channels):
+                    paste(self.layout, received[k][c], index, route, recv[offset:offset + route.numel])
+                    offset += route.numel
+        del recv
+        self._start_round(blueprints, received=received)
+
+    # ---- the whole central model (sharded: on demand) ---------------------------------------------------------------
+    def materialize(self) -> GPT:
+        """The central model with its current values (sharded: gathered from every rank's rows, a collective every
+        rank must call; it stays whole until :meth:`release` or the next sync)."""
+        if self.plan is not None and not self._materialized:
+            full = self.plan.gather(self.central, self.rank)
+            for p, view in zip(self.central_model.parameters(), self.layout.views(full)):
+                p.data = view
+            self._materialized = True
+        return self.central_model
+
+    @property
+    def materialized(self) -> bool:
+        """Whether ``central_model`` holds the central values now (always, unsharded)."""
+        return self.plan is None or self._materialized
+
+    def release(self) -> None:
+        """Sharded: drop the whole central model's storage again (the shard keeps the values). A no-op unsharded."""
+        if self.plan is not None and self._materialized:
+            for p in self.central_model.parameters():
+                p.data = p.data.new_empty(0)
+            self._materialized = False
 
     def _reference(self, index: dict) -> torch.Tensor:
         """What every rank knows of a worker's held vector before the exchange, laid out as :meth:`sync` lays out
@@ -429,9 +609,12 @@ class TwISTCore:
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, local)
             local = [w for rank in gathered for w in rank]
+        buffer = self.outer_buffer
+        if buffer is not None and self.plan is not None:  # saved whole, so any world size can resume it
+            buffer = self.plan.gather(buffer, self.rank)
         return {"round": self.round, "step_in_round": self.step_in_round, "steps_done": self.steps_done,
                 "workers": local,
-                "outer_buffer": None if self.outer_buffer is None else self.outer_buffer.detach().cpu().clone(),
+                "outer_buffer": None if buffer is None else buffer.detach().cpu().clone(),
                 "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls,
                 "bytes_received": self.counter.received}
 
@@ -442,6 +625,14 @@ class TwISTCore:
             raise ValueError(f"a TwIST resume state needs the keys {sorted(missing)}; this checkpoint's TwIST state "
                              "is incomplete. HINT: resume from a checkpoint written by a TwIST run.")
         self._pending = dict(state)
+
+
+def _empty_shell(model: GPT) -> GPT:
+    """A copy of ``model`` whose parameters hold no storage (tied ones stay tied): the sharded central model's
+    container until :meth:`TwISTCore.materialize` fills it."""
+    memo = {id(p): torch.nn.Parameter(p.detach().new_empty(0), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
 
 
 def _cpu_state(state: dict, params: list[torch.Tensor]) -> dict[int, dict[str, Any]]:

@@ -48,7 +48,7 @@ class TwISTStrategy(DDPStrategy):
 
     The TwIST keyword arguments are :class:`~twist_lightning.core.TwISTCore`'s (variant, sync_every, schedule,
     n_sub, common, scale, optimizer_state, workers_per_process, warm_start, outer, outer_lr, outer_momentum,
-    sync_dtype, seed), checked here at construction; the rest are ``DDPStrategy``'s. The core is ``strategy.core``, and its
+    sync_dtype, shard_central, seed), checked here at construction; the rest are ``DDPStrategy``'s. The core is ``strategy.core``, and its
     state (round, workers, central model, counters) reads through the properties below.
 
     Checkpoints hold the core's resume state under ``checkpoint["twist"]`` (written by ``SubnetResampling``, which
@@ -75,6 +75,7 @@ class TwISTStrategy(DDPStrategy):
         outer_lr: float = 0.7,
         outer_momentum: float = 0.9,
         sync_dtype: str = "float32",
+        shard_central: bool = True,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -91,7 +92,7 @@ class TwISTStrategy(DDPStrategy):
         self.core = TwISTCore(variant=variant, sync_every=sync_every, schedule=schedule, n_sub=n_sub, common=common,
                               scale=scale, optimizer_state=optimizer_state, workers_per_process=workers_per_process,
                               warm_start=warm_start, outer=outer, outer_lr=outer_lr, outer_momentum=outer_momentum,
-                              sync_dtype=sync_dtype, seed=seed)
+                              sync_dtype=sync_dtype, shard_central=shard_central, seed=seed)
         self._swapped_out: GPT | None = None
         self._grads: GradAccumulators | None = None  # per-worker gradient sums between micro-batches
 
@@ -110,10 +111,11 @@ class TwISTStrategy(DDPStrategy):
     outer_lr = _from_core("outer_lr", "the outer step's learning rate")
     outer_momentum = _from_core("outer_momentum", "the outer step's momentum")
     sync_dtype = _from_core("sync_dtype", "the dtype held values travel in (an options.SyncDtype)")
+    shard_central = _from_core("shard_central", "whether several processes shard the central model")
     round = _from_core("round", "syncs done")
     step_in_round = _from_core("step_in_round", "optimizer steps since the last sync")
     counter = _from_core("counter", "bytes and calls handed to collectives")
-    central = _from_core("central", "the central model's parameters as one flat vector")
+    central = _from_core("central", "the central model's parameters as one flat vector (sharded: this rank's rows)")
     central_model = _from_core("central_model", "the central model (a GPT)")
     central_moments = _from_core("central_moments", "holder-averaged Adam moments (carry)")
     outer_buffer = _from_core("outer_buffer", "the outer step's momentum buffer")
@@ -215,19 +217,20 @@ class TwISTStrategy(DDPStrategy):
     def on_validation_start(self) -> None:
         super().on_validation_start()
         if self._fitting():  # evaluate the central model (as of the last sync), not this worker's subnet
-            self._swapped_out, self.lightning_module.model = self.lightning_module.model, self.core.central_model
+            self._swapped_out, self.lightning_module.model = self.lightning_module.model, self.core.materialize()
 
     @override
     def on_validation_end(self) -> None:
         if self._swapped_out is not None:
             self.lightning_module.model, self._swapped_out = self._swapped_out, None
+            self.core.release()  # sharded: the whole model's storage goes until it is needed again
         super().on_validation_end()
 
     @override
     def on_train_end(self) -> None:
         if self.core.central_model is not None:
             self.core.finish()  # fold the last partial round in, so no training is lost
-            self.lightning_module.model = self.core.central_model  # after fit, the module holds the central model
+            self.lightning_module.model = self.core.materialize()  # after fit, the module holds the central model
         super().on_train_end()
 
     @override
@@ -236,7 +239,10 @@ class TwISTStrategy(DDPStrategy):
         if self.core.central_model is None:
             return state
         state = {k: v for k, v in state.items() if not k.startswith("model.")}
-        state.update({f"model.{k}": v for k, v in self.core.central_model.state_dict().items()})
+        whole = self.core.materialized  # sharded: gathered for this checkpoint only (every rank calls this hook)
+        state.update({f"model.{k}": v for k, v in self.core.materialize().state_dict().items()})
+        if not whole:
+            self.core.release()  # the state dict keeps its tensors alive until the checkpoint is written
         return state
 
     def twist_state_dict(self) -> dict[str, Any] | None:

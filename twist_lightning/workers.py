@@ -47,6 +47,17 @@ class Layout:
             self.names.append(name)
             self.shapes.append(p.shape)
 
+    @classmethod
+    def from_shapes(cls, names: list[str], shapes: list[torch.Size]) -> Layout:
+        """A layout of named shapes with no module behind it (e.g. one rank's rows of every parameter)."""
+        layout = cls.__new__(cls)
+        layout.names, layout.shapes = list(names), [torch.Size(s) for s in shapes]
+        return layout
+
+    @property
+    def numel(self) -> int:
+        return sum(s.numel() for s in self.shapes)
+
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         out, offset = [], 0
         for shape in self.shapes:
@@ -93,6 +104,15 @@ class Layout:
             offset += n
         return out
 
+    def scatter_held(self, flat: torch.Tensor, index: ParamIndex, held: torch.Tensor) -> None:
+        """The inverse of :meth:`gather_held`: write a held vector into its places in a full-size flat buffer
+        (elements outside the subnet keep their values)."""
+        for name, view, piece in zip(self.names, self.views(flat), self.split_held(held, index)):
+            if name in index:
+                view.index_copy_(index[name][0], index[name][1], piece)
+            else:
+                view.copy_(piece)
+
     def held_mask(self, index: ParamIndex, device: torch.device) -> torch.Tensor:
         """A full-size bool vector, True where the subnet holds the element (1 byte an element)."""
         mask = torch.ones(sum(s.numel() for s in self.shapes), dtype=torch.bool, device=device)
@@ -113,7 +133,8 @@ class Worker:
     physical: bool
     optimizer_state: dict = field(default_factory=dict)
     subnet_cache: list | None = None  # masked workers: the model's index tensors for this blueprint
-    mask: torch.Tensor | None = None  # masked workers: which elements of ``values`` they hold
+    mask: torch.Tensor | None = None  # masked workers, unsharded: which elements of ``values`` they hold
+    start: torch.Tensor | None = None  # sharded bf16 sync: the held values at the round's start
 
     def held(self, layout: Layout) -> torch.Tensor:
         """The held values as one vector, whatever the worker holds physically."""

@@ -1,0 +1,133 @@
+"""The sharded central model: routes cut and paste exactly, and sharded syncs equal unsharded ones bit for bit.
+
+Multi-process tests spawn gloo processes that drive ``TwISTCore`` with a plain torch loop (as tests/test_core.py
+does in one process), once sharded and once not, and compare the whole central models.
+"""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from twist_lightning.core import TwISTCore
+from twist_lightning.model import GPT, GPTConfig
+from twist_lightning.partition import PartitionSpec, param_index, sample_blueprints
+from twist_lightning.shards import ShardPlan, cut, paste
+from twist_lightning.workers import Layout, flatten_parameters
+
+SHAPE = dict(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=64)
+
+
+def gpt(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**SHAPE))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_routes_cut_a_held_vector_into_owned_pieces_and_paste_it_back(world):
+    model = gpt()
+    full = flatten_parameters(model)
+    layout = Layout(model)
+    plan = ShardPlan(layout, world)
+    assert sum(plan.numel(r) for r in range(world)) == full.numel()
+    assert torch.equal(plan.gather(plan.take(full, 0), 0), full) if world == 1 else True
+    spec = PartitionSpec.from_config(model.config, common="none")
+    for bp in sample_blueprints(spec, 3, 2, seed=0, round=1):
+        index = param_index(model.config, bp)
+        held = layout.gather_held(full, index)
+        rebuilt = torch.full_like(held, float("nan"))
+        for r in range(world):
+            route = plan.route(index, r)
+            piece = torch.empty(route.numel)
+            cut(layout, held, index, route, piece)
+            # the owner sees the same piece as the held rows of its own shard
+            assert torch.equal(piece, plan.shards[r].gather_held(plan.take(full, r), route.index))
+            paste(layout, rebuilt, index, route, piece)
+        assert torch.equal(rebuilt, held)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CASES = [  # (name, TwISTCore settings); every case runs sharded and unsharded on every rank
+    ("masked", dict(variant="masked")),
+    ("true", dict(variant="true")),
+    ("hybrid", dict(variant="hybrid")),
+    ("masked-virtual", dict(variant="masked", workers_per_process=2)),
+    ("true-virtual", dict(variant="true", workers_per_process=2)),
+    ("carry-outer", dict(variant="hybrid", optimizer_state="carry", outer="nesterov", outer_lr=0.8,
+                         outer_momentum=0.5)),
+    ("carry-bf16", dict(variant="masked", workers_per_process=2, optimizer_state="carry", sync_dtype="bfloat16")),
+    ("true-bf16", dict(variant="true", sync_dtype="bfloat16")),
+]
+
+
+def _train(rank: int, kw: dict, shard: bool, steps: int = 7) -> tuple[dict, dict]:
+    core = TwISTCore(n_sub=2, sync_every=3, seed=3, shard_central=shard, **kw)
+    live = core.setup(gpt(), rank=rank, world_size=dist.get_world_size())
+    optimizer = torch.optim.AdamW if kw.get("optimizer_state") == "carry" else torch.optim.SGD
+    opt = optimizer(live.parameters(), lr=0.05)
+    core.bind([opt])
+    n = core.workers_per_process
+    g = torch.Generator().manual_seed(100 + rank)
+    for _ in range(steps):
+        data = torch.randint(0, SHAPE["vocab_size"], (4, SHAPE["block_size"] + 1), generator=g)
+        x, y = data[:, :-1], data[:, 1:]
+        for k in range(n):
+            core.activate(k)
+            live(x[k::n], y[k::n])[1].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            core.deactivate(k)
+        core.end_step()
+    core.finish()
+    held = core.central.numel()
+    model = core.materialize()
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {"received": core.counter.received, "central_numel": held})
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = {}
+        for name, kw in CASES:
+            if kw["variant"] == "hybrid" and world < 2:
+                continue
+            results[name] = {shard: _train(rank, kw, shard) for shard in (True, False)}
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_and_unsharded_syncs_give_identical_central_models(tmp_path, world):
+    out = str(tmp_path / "central")
+    mp.spawn(_worker, args=(world, free_port(), out), nprocs=world)
+    ranks = [torch.load(f"{out}.{r}") for r in range(world)]
+    total = sum(p.numel() for p in gpt().parameters())
+    for name, _ in CASES:
+        sharded, unsharded = ranks[0][name][True][0], ranks[0][name][False][0]
+        for key in unsharded:
+            assert torch.equal(sharded[key], unsharded[key]), (name, key)
+        moved = any(not torch.equal(unsharded[k], v) for k, v in gpt().state_dict().items())
+        assert moved, name  # the runs trained
+        for r in range(1, world):  # every rank gathers the same whole model
+            for key in unsharded:
+                assert torch.equal(ranks[r][name][True][0][key], sharded[key]), (name, r, key)
+        for r in range(world):
+            numel = ranks[r][name][True][1]["central_numel"]
+            assert numel < total / world + total * 0.05, (name, r, numel)  # each rank holds about 1/world
+            assert ranks[r][name][False][1]["central_numel"] == total
+    if world == 3:  # the all_gather delivers (W - 1) x held per worker; the two all_to_alls ~2 (W - 1) / W x held
+        for name, kw in CASES:  # (bf16 halves only the first all_to_all: the new rows travel whole, see core)
+            if kw.get("sync_dtype") == "bfloat16":
+                continue
+            assert ranks[0][name][True][1]["received"] < 0.8 * ranks[0][name][False][1]["received"], name

@@ -1,0 +1,151 @@
+"""The sharded central model: every rank owns a slice of rows of every parameter (pure torch + collectives).
+
+With one all_gather of every worker's held values per sync, each rank receives S x (held size) bytes: with 64
+workers about 40 model copies per sync. Sharded, rank ``r`` owns rows ``[r R / W, (r + 1) R / W)`` of every central
+parameter (R its first dimension, W the world size), and with it the same rows of the outer step's momentum and
+the carried Adam moments. A sync is two ``all_to_all`` exchanges:
+
+1. *to the owners*: each worker cuts its held values into the pieces that fall in each rank's rows and sends each
+   piece to its owner; the owner averages over the holders on its shard alone (the same arithmetic, in the same
+   order, as :func:`~twist_lightning.workers.average_over_holders` on the full vector: bit-identical), then takes
+   the outer step on its shard;
+2. *back to the workers*: with the next round's blueprints (every rank draws them all), each owner sends every
+   worker the rows of its new subnet that it owns, and the worker pastes them into its held vector.
+
+A rank sends and receives about ``workers_per_process x held`` per phase, whatever S is. Nothing needs the whole
+central model between syncs: a masked worker's forward index-selects its held units and never reads the others,
+so they are neither restored nor refreshed. Validation and checkpoints assemble the whole model on demand
+(:meth:`ShardPlan.gather`, one all_gather of the shards).
+
+Rows (dim 0) are the unit of ownership because a TwIST parameter is narrowed along at most one dimension: a
+narrowed-on-rows parameter's held rows in an owner's range are found from its small row index (``idx`` in
+``[a, b)``), a narrowed-on-columns one's are the rows ``[a, b)`` of the held tensor, so there is never an index per
+element.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from twist_lightning.workers import CollectiveCounter, Layout, ParamIndex
+
+
+@dataclass
+class Route:
+    """Where one worker's held values meet one owner's shard, per parameter.
+
+    ``rows[p]`` selects the piece from the worker's held tensor of parameter ``p``: a ``slice`` of rows, or a long
+    tensor of held-row positions (parameters narrowed on rows). ``index`` is the worker's parameter index within
+    the shard (what :func:`average_over_holders` and :meth:`Layout.gather_held` take on the shard's layout).
+    """
+
+    rows: list[slice | torch.Tensor]
+    index: ParamIndex
+    numel: int
+
+
+class ShardPlan:
+    """Which rows of every parameter of ``layout`` each of ``world_size`` ranks owns."""
+
+    def __init__(self, layout: Layout, world_size: int) -> None:
+        if world_size < 1:
+            raise ValueError(f"world_size={world_size} must be >= 1.")
+        self.layout, self.world_size = layout, world_size
+        # bounds[p][r] = (a, b): rank r owns rows a..b-1 of parameter p
+        self.bounds = [[(r * s[0] // world_size, (r + 1) * s[0] // world_size) for r in range(world_size)]
+                       for s in layout.shapes]
+        self.shards = [Layout.from_shapes(layout.names, [torch.Size((b[r][1] - b[r][0], *s[1:]))
+                                                         for b, s in zip(self.bounds, layout.shapes)])
+                       for r in range(world_size)]
+
+    def numel(self, rank: int) -> int:
+        return sum(s.numel() for s in self.shards[rank].shapes)
+
+    def take(self, flat: torch.Tensor, rank: int) -> torch.Tensor:
+        """Rank ``rank``'s shard (a new vector) of a full-size flat vector laid out as ``layout``."""
+        out = torch.empty(self.numel(rank), dtype=flat.dtype, device=flat.device)
+        for view, piece, (a, b) in zip(self.layout.views(flat), self.shards[rank].views(out),
+                                       (bounds[rank] for bounds in self.bounds)):
+            piece.copy_(view[a:b])
+        return out
+
+    def gather(self, shard: torch.Tensor, rank: int, counter: CollectiveCounter | None = None) -> torch.Tensor:
+        """The full-size flat vector from every rank's shard (a collective: every rank calls it)."""
+        full = torch.empty(sum(s.numel() for s in self.layout.shapes), dtype=shard.dtype, device=shard.device)
+        views = self.layout.views(full)
+        if self.world_size == 1:
+            for view, piece in zip(views, self.shards[0].views(shard)):
+                view.copy_(piece)
+            return full
+        sizes = [self.numel(r) for r in range(self.world_size)]
+        padded = shard.new_zeros(max(sizes))  # all_gather needs equal sizes
+        padded[:shard.numel()].copy_(shard)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        if counter is not None:
+            counter.add(padded, received=(self.world_size - 1) * padded.numel() * padded.element_size())
+        dist.all_gather(parts, padded)
+        for r, part in enumerate(parts):
+            for view, piece, bounds in zip(views, self.shards[r].views(part[:sizes[r]]), self.bounds):
+                a, b = bounds[r]
+                view[a:b].copy_(piece)
+        return full
+
+    def route(self, index: ParamIndex, rank: int) -> Route:
+        """How a worker with parameter index ``index`` meets rank ``rank``'s shard."""
+        rows: list[slice | torch.Tensor] = []
+        local: ParamIndex = {}
+        for name, bounds in zip(self.layout.names, self.bounds):
+            a, b = bounds[rank]
+            if name in index and index[name][0] == 0:
+                idx = index[name][1]
+                inside = (idx >= a) & (idx < b)
+                rows.append(inside.nonzero().squeeze(1))
+                local[name] = (0, idx[inside] - a)
+            else:
+                rows.append(slice(a, b))
+                if name in index:
+                    local[name] = index[name]
+        numel = sum(s.numel() for s in self.shards[rank].held_shapes(local))
+        return Route(rows, local, numel)
+
+
+def cut(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, out: torch.Tensor) -> None:
+    """Write the pieces of a worker's held vector that ``route``'s owner owns into ``out`` (``route.numel``)."""
+    offset = 0
+    for view, rows in zip(layout.split_held(held, index), route.rows):
+        piece = view[rows] if isinstance(rows, slice) else view.index_select(0, rows)
+        n = piece.numel()
+        out[offset:offset + n].copy_(piece.reshape(-1))
+        offset += n
+
+
+def paste(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, pieces: torch.Tensor) -> None:
+    """The inverse of :func:`cut`: put an owner's pieces into their places in a worker's held vector."""
+    offset = 0
+    for view, rows in zip(layout.split_held(held, index), route.rows):
+        if isinstance(rows, slice):
+            target = view[rows]
+            n = target.numel()
+            target.copy_(pieces[offset:offset + n].view_as(target))
+        else:
+            n = len(rows) * math.prod(view.shape[1:])
+            view.index_copy_(0, rows, pieces[offset:offset + n].view(len(rows), *view.shape[1:]))
+        offset += n
+
+
+def all_to_all(send: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], rank: int,
+               counter: CollectiveCounter | None = None) -> torch.Tensor:
+    """One ``all_to_all_single`` (uneven splits; gloo and NCCL both take it); counts what leaves and reaches this
+    rank, i.e. every split but the one a rank keeps for itself."""
+    recv = send.new_empty(sum(recv_sizes))
+    if counter is not None:
+        size = send.element_size()
+        counter.bytes += (sum(send_sizes) - send_sizes[rank]) * size
+        counter.received += (sum(recv_sizes) - recv_sizes[rank]) * size
+        counter.calls += 1
+    dist.all_to_all_single(recv, send, recv_sizes, send_sizes)
+    return recv
