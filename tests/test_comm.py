@@ -41,7 +41,8 @@ class RecordCounter(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         c = trainer.strategy.counter
-        record = {"rank": trainer.global_rank, "bytes": c.bytes, "calls": c.calls, "steps": trainer.global_step}
+        record = {"rank": trainer.global_rank, "bytes": c.bytes, "calls": c.calls, "received": c.received,
+                  "steps": trainer.global_step}
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
@@ -88,12 +89,21 @@ def test_ddp_counts_every_gradient_byte_and_twist_counts_held_vectors(tmp_path):
         assert rank["calls"] >= steps  # at least one bucket a step
 
     twist = run_two_ranks(TwISTStrategy(variant="masked", n_sub=n_sub, common="none", sync_every=sync_every,
-                                        start_method="spawn", timeout=TIMEOUT), tmp_path / "twist", steps)
+                                        shard_central=False, start_method="spawn", timeout=TIMEOUT),
+                          tmp_path / "twist", steps)
     syncs = steps // sync_every + (1 if steps % sync_every else 0)  # + the final partial round at train end
     for rank in twist:
         assert rank["steps"] == steps
         assert rank["calls"] == syncs == 3
         assert rank["bytes"] == syncs * held  # one all_gather of the held vector per sync
+        assert rank["received"] == syncs * held  # the other rank's
+
+    sharded = run_two_ranks(TwISTStrategy(variant="masked", n_sub=n_sub, common="none", sync_every=sync_every,
+                                          start_method="spawn", timeout=TIMEOUT), tmp_path / "sharded", steps)
+    for rank in sharded:  # two all_to_alls a sync; a rank keeps the rows it owns, so it sends less than held
+        assert rank["calls"] == 2 * syncs
+        assert 0 < rank["bytes"] < 2 * syncs * held and 0 < rank["received"] < 2 * syncs * held
+    assert sum(r["bytes"] for r in sharded) == sum(r["received"] for r in sharded)  # what leaves one rank arrives
 
     # the comparison the benchmark reports: steady-state bytes a step, TwIST against DDP
     ratio = (held / sync_every) / (ddp[0]["bytes"] / steps)
@@ -112,7 +122,7 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
     assert set(report) == {"bench", "machine", "config", "rows", "targets"} and report["bench"] == "strategy"
     names = [r["name"] for r in report["rows"]]
     assert names == ["tiny ddp", "tiny masked C=none", "tiny true C=none", "tiny hybrid C=none",
-                     "tiny true C=first+last", "tiny true C=none bf16"]
+                     "tiny true C=first+last", "tiny true C=none bf16", "tiny true C=none unsharded"]
     for row in report["rows"]:
         assert {"step_s", "bytes_per_step", "bytes_per_sync", "train_state_bytes", "central_bytes",
                 "comm_ratio", "time_ratio", "state_ratio", "per_rank"} <= set(row)
@@ -125,13 +135,24 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
     assert report["targets"] and all(set(t) == {"name", "value", "target", "met"} for t in report["targets"])
     assert "tiny ddp" in capsys.readouterr().out
     # every byte a rank holds, the bf16 row's halved payload, the timed syncs, and the traffic table by S
-    bf16 = report["rows"][5]
-    assert true["sync_s"] > 0 and bf16["bytes_per_step"] * 2 == pytest.approx(true["bytes_per_step"])
-    assert true["rank_total_bytes"] == (true["train_state_bytes"] + true["central_bytes"] + true["moments_bytes"]
-                                        + true["outer_bytes"] + true["index_bytes"])
+    bf16, unsharded = report["rows"][5], report["rows"][6]
+    # sharded, bf16 halves the way to the owners only (the new rows travel back in float32)
+    assert true["sync_s"] > 0 and 0.5 * true["bytes_per_step"] < bf16["bytes_per_step"] < true["bytes_per_step"]
+    assert true["sharded"] and bf16["sharded"] and not unsharded["sharded"]
+    assert unsharded["central_bytes"] == param_bytes(GPTConfig.from_preset("tiny", n_layer=3))
+    assert true["central_bytes"] < 0.6 * unsharded["central_bytes"]  # each of 2 ranks owns about half the rows
+    assert true["received_per_sync"] < 2 * unsharded["received_per_sync"]
+    for row in (true, bf16, unsharded):  # the busiest rank's sum of the parts (each part: its busiest rank's)
+        parts = ("train_state_bytes", "central_bytes", "moments_bytes", "outer_bytes", "index_bytes", "reference_bytes")
+        assert row["train_state_bytes"] + row["central_bytes"] * 0.9 < row["rank_total_bytes"] <= sum(row[k] for k in parts)
+    assert unsharded["rank_total_bytes"] == sum(unsharded[k] for k in parts)  # equal shards: every rank alike
+    assert bf16["reference_bytes"] > 0 == true["reference_bytes"]
     assert ddp["rank_total_bytes"] == ddp["train_state_bytes"]
     traffic = {t["workers"]: t for t in report["config"]["traffic"]}
     assert sorted(traffic) == [2, 3, 4, 8, 64, 512] and all(traffic[s]["run"] == (s <= 4) for s in traffic)
-    for s in (2, 3, 4):  # an all_gather: each rank receives the other S - 1 workers' held vectors
-        assert traffic[s]["received_per_sync"] == (s - 1) * traffic[s]["sent_per_sync"]
-    assert any(t["name"].startswith("received bytes per rank") for t in report["targets"])
+    for s in (2, 3, 4):  # unsharded, an all_gather: each rank receives the other S - 1 workers' held vectors
+        assert traffic[s]["unsharded_received_per_sync"] == (s - 1) * traffic[s]["unsharded_sent_per_sync"]
+        # sharded: what the ranks counted is what the accounting used for S = 8, 64, 512 computes
+        assert traffic[s]["received_per_sync"] == traffic[s]["computed_received_per_sync"]
+    assert traffic[512]["received_over_model"] < 2.5 < traffic[512]["unsharded_received_over_model"]
+    assert any(t["name"].startswith("sharded: received bytes per rank") for t in report["targets"])

@@ -1,9 +1,9 @@
-"""The sharded central model: every rank owns a slice of rows of every parameter (pure torch + collectives).
+"""The sharded central model: every rank owns a run of parameter rows (pure torch + collectives).
 
 With one all_gather of every worker's held values per sync, each rank receives S x (held size) bytes: with 64
-workers about 40 model copies per sync. Sharded, rank ``r`` owns rows ``[r R / W, (r + 1) R / W)`` of every central
-parameter (R its first dimension, W the world size), and with it the same rows of the outer step's momentum and
-the carried Adam moments. A sync is two ``all_to_all`` exchanges:
+workers about 40 model copies per sync. Sharded, the rows of all central parameters, in order, are cut into W
+(the world size) runs of about 1/W of the elements; rank ``r`` owns the ``r``-th run, and with it the same rows
+of the outer step's momentum and the carried Adam moments. A sync is two ``all_to_all`` exchanges:
 
 1. *to the owners*: each worker cuts its held values into the pieces that fall in each rank's rows and sends each
    piece to its owner; the owner averages over the holders on its shard alone (the same arithmetic, in the same
@@ -55,9 +55,19 @@ class ShardPlan:
         if world_size < 1:
             raise ValueError(f"world_size={world_size} must be >= 1.")
         self.layout, self.world_size = layout, world_size
-        # bounds[p][r] = (a, b): rank r owns rows a..b-1 of parameter p
-        self.bounds = [[(r * s[0] // world_size, (r + 1) * s[0] // world_size) for r in range(world_size)]
-                       for s in layout.shapes]
+        # The rows of all parameters in layout order, cut into world_size runs of about N / W elements: rank r
+        # owns the rows that start in [r N / W, (r + 1) N / W) of the flat vector. Balancing the whole row list
+        # (not each parameter's rows) keeps shards within one row of N / W even where parameters have fewer
+        # rows than there are ranks, so no rank owns a bigger share of the rows every worker sends.
+        total, offset = layout.numel, 0
+        self.bounds: list[list[tuple[int, int]]] = []  # bounds[p][r] = (a, b): rank r owns rows a..b-1 of p
+        for shape in layout.shapes:
+            rows, width = shape[0], math.prod(shape[1:])
+            starts = [min(max(-(-(r * total - offset * world_size) // (width * world_size)), 0), rows)
+                      for r in range(world_size + 1)]  # ceil division; the first row starting at or after r N / W
+            starts[-1] = rows
+            self.bounds.append([(starts[r], starts[r + 1]) for r in range(world_size)])
+            offset += shape.numel()
         self.shards = [Layout.from_shapes(layout.names, [torch.Size((b[r][1] - b[r][0], *s[1:]))
                                                          for b, s in zip(self.bounds, layout.shapes)])
                        for r in range(world_size)]

@@ -21,12 +21,15 @@ Every figure is measured inside the ranks by a callback and written to a per-ran
   all_gather delivers the other ranks' payloads; DDP's ring all-reduce 2 (world - 1) / world of its buffer, per
   step). ``config.traffic`` holds the same per rank for S = 2, 3, 4 real processes (tiny model) and, computed from
   that accounting, S = 8, 64, 512.
-* ``rank_total_bytes``: every byte the rank keeps for training: its training state (below), the central model,
-  carried moments, the outer optimizer's state and the index bookkeeping; ``rank_ratio`` is that over DDP's.
+* ``rank_total_bytes``: every byte the rank keeps for training: its training state (below), the central model
+  (sharded: the rank's rows), carried moments, the outer optimizer's state, the index bookkeeping and, sharded
+  with bf16, each worker's round-start reference; ``rank_ratio`` is that over DDP's. Sharded rows assemble the
+  whole central model only to validate and checkpoint (not in these runs) and after fit.
 * ``train_state_bytes``: the rank's peak over steps of parameters + gradients + optimizer state tensors it trains
   with (``numel * element_size`` of the optimizer's params, their ``.grad`` and ``optimizer.state``). TwIST's
-  host-side central model (``strategy.central``) is reported separately as ``central_bytes``, and its index
-  bookkeeping (the int64 flat indices of every worker's held elements) as ``index_bytes``. Not counted for DDP:
+  host-side central model (``strategy.central``, sharded: this rank's rows) is reported separately as
+  ``central_bytes``, and its index bookkeeping (every blueprint's row/column indices, masked workers' held masks
+  when unsharded, the shard routes when sharded) as ``index_bytes``. Not counted for DDP:
   its gradient bucket buffers (one more gradient-sized copy unless ``gradient_as_bucket_view=True``).
 
 Both ranks share the machine's cores (1 torch thread each on 2 cores) and the machine may be shared with other
@@ -67,14 +70,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3 layers: with the first and last common a 2-layer model has nothing to split, which TwISTStrategy refuses
     "tiny": dict(model="tiny", n_layer=3, seq_len=32, batch=4, steps=6, warmup=1, repeats=1),
 }
-#: (label, TwIST variant or None for DDP, common set, sync dtype).
-ROWS: list[tuple[str, str | None, str | None, str]] = [
-    ("ddp", None, None, "float32"),
-    ("masked C=none", "masked", "none", "float32"),
-    ("true C=none", "true", "none", "float32"),
-    ("hybrid C=none", "hybrid", "none", "float32"),
-    ("true C=first+last", "true", "default", "float32"),
-    ("true C=none bf16", "true", "none", "bfloat16"),
+#: (label, TwIST variant or None for DDP, common set, sync dtype, sharded central model).
+ROWS: list[tuple[str, str | None, str | None, str, bool]] = [
+    ("ddp", None, None, "float32", False),
+    ("masked C=none", "masked", "none", "float32", True),
+    ("true C=none", "true", "none", "float32", True),
+    ("hybrid C=none", "hybrid", "none", "float32", True),
+    ("true C=first+last", "true", "default", "float32", True),
+    ("true C=none bf16", "true", "none", "bfloat16", True),
+    ("true C=none unsharded", "true", "none", "float32", False),  # the one-all_gather sync, side by side
 ]
 COLUMNS = ["name", "step_s", "sync_s", "step_amortized_s", "time_ratio", "bytes_per_step", "comm_ratio",
            "received_per_sync_MB", "train_state_MB", "rank_total_MB", "rank_ratio", "central_MB", "index_MB"]
@@ -150,13 +154,20 @@ class RankProbe(L.Callback):
         # row/column indices of every blueprint plus the 1-byte held masks of masked workers
         indices = [t for idx in getattr(s, "all_indices", None) or [] for _, t in idx.values()]
         indices += [w.mask for w in getattr(s, "workers", []) if w.mask is not None]
+        core = getattr(s, "core", None)  # sharded: the routes' held-row positions
+        routes = [] if core is None else [*(r for rs in core._out_routes for r in rs), *core._in_routes]
+        indices += [rows for route in routes for rows in route.rows if torch.is_tensor(rows)]
+        indices += [t for route in routes for _, t in route.index.values()]
         record = {
             "rank": trainer.global_rank, "steps": trainer.global_step, "threads": torch.get_num_threads(),
             "times_s": self.times, "state": self.peak,
             "bytes": s.counter.bytes, "calls": s.counter.calls, "received": s.counter.received,
+            "syncs": getattr(s, "round", 0), "sharded": getattr(getattr(s, "core", None), "plan", None) is not None,
             "moments_bytes": _tensor_bytes(moments.values()), "outer_bytes": _tensor_bytes([outer]),
             "central_bytes": 0 if central is None else central.numel() * central.element_size(),
             "index_bytes": _tensor_bytes(indices),
+            # sharded bf16: each worker's held values at the round's start (what its change is taken against)
+            "reference_bytes": _tensor_bytes(w.start for w in getattr(s, "workers", []) if w.start is not None),
             "sync_times_s": getattr(s, "sync_times", []),
         }
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
@@ -170,7 +181,7 @@ def _free_port() -> int:
 
 def _job(config: GPTConfig, variant: str | None, common: str | None, *, seq_len: int, batch: int, steps: int,
          sync_every: int, n_sub: float, seed: int, folder: str, timeout_s: int, sync_dtype: str = "float32",
-         world: int = WORLD) -> None:
+         shard: bool = True, world: int = WORLD) -> None:
     """Train one strategy in this (already launched) rank; the probe writes the rank's record into ``folder``."""
     torch.manual_seed(seed)
     module = TwISTLitModule(config, lr=1e-3, warmup_steps=0, decay_steps=max(steps, 1))
@@ -182,7 +193,7 @@ def _job(config: GPTConfig, variant: str | None, common: str | None, *, seq_len:
         strategy = CountingDDPStrategy(timeout=timeout)
     else:
         strategy = TimedTwISTStrategy(variant=variant, common=common, n_sub=n_sub, sync_every=sync_every,
-                                      seed=seed, timeout=timeout, sync_dtype=sync_dtype)
+                                      seed=seed, timeout=timeout, sync_dtype=sync_dtype, shard_central=shard)
     trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[RankProbe(folder)])
@@ -225,17 +236,19 @@ def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]],
         per_step = per_sync
         received = r0["received"] / max(steps, 1)
     else:
-        per_sync = r0["bytes"] / max(r0["calls"], 1)
+        syncs = max(r0.get("syncs") or r0["calls"], 1)  # sharded: two collectives a sync
+        per_sync = r0["bytes"] / syncs
         per_step = per_sync / sync_every
-        received = max(r["received"] for r in last) / max(r0["calls"], 1)
+        received = max(r["received"] for r in last) / syncs
     state_rank = max(last, key=lambda r: r["state"]["total"])
     # every byte the rank keeps: what it trains with, the central model, carried moments, outer state, indices
     held = max(r["state"]["total"] + r["central_bytes"] + r.get("moments_bytes", 0) + r.get("outer_bytes", 0)
-               + r["index_bytes"] for r in last)
+               + r["index_bytes"] + r.get("reference_bytes", 0) for r in last)
     return {
         "name": f"{preset} {label}", "preset": preset, "strategy": "ddp" if variant is None else f"twist-{variant}",
         "steps": steps, "step_s": step_s, "step_s_per_pass": step_medians, "sync_s": sync_s,
         "step_amortized_s": step_s + (sync_s / sync_every if variant else 0.0),
+        "sharded": bool(r0.get("sharded", False)),
         "bytes_total": r0["bytes"], "collective_calls": r0["calls"], "bytes_per_sync": per_sync,
         "bytes_per_step": per_step, "bytes_per_step_measured": r0["bytes"] / max(steps, 1),
         "received_per_sync": received, "received_per_sync_MB": received / MB,
@@ -247,6 +260,7 @@ def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]],
         "train_state_MB": state_rank["state"]["total"] / MB,
         "central_bytes": max(r["central_bytes"] for r in last), "central_MB": max(r["central_bytes"] for r in last) / MB,
         "index_bytes": max(r["index_bytes"] for r in last), "index_MB": max(r["index_bytes"] for r in last) / MB,
+        "reference_bytes": max(r.get("reference_bytes", 0) for r in last),
         "per_rank": [{"rank": r["rank"], "threads": r["threads"], "step_median_s":
                       statistics.median(r["times_s"][warmup:] or r["times_s"]), "times_s": r["times_s"],
                       "sync_times_s": r["sync_times_s"], "state": r["state"], "bytes": r["bytes"],
@@ -271,12 +285,12 @@ def run(presets: list[str], steps: int | None = None, warmup: int | None = None,
         with tempfile.TemporaryDirectory(prefix="twist-bench-") as tmp:
             jobs = []
             for i in range(p["repeats"]):  # passes interleaved: load changes hit every strategy alike
-                for j, (label, variant, common, dtype) in enumerate(ROWS):
+                for j, (label, variant, common, dtype, shard) in enumerate(ROWS):
                     folder = Path(tmp, f"pass{i}-row{j}")
                     folder.mkdir()
                     jobs.append(dict(config=cfg, variant=variant, common=common, seq_len=seq_len, batch=p["batch"],
                                      steps=p["steps"], sync_every=sync_every, n_sub=n_sub, seed=seed,
-                                     folder=str(folder), timeout_s=timeout_s, sync_dtype=dtype))
+                                     folder=str(folder), timeout_s=timeout_s, sync_dtype=dtype, shard=shard))
             run_jobs(jobs)
             for i in range(p["repeats"]):
                 for j, (label, *_) in enumerate(ROWS):
@@ -302,28 +316,73 @@ def run(presets: list[str], steps: int | None = None, warmup: int | None = None,
 
 
 def traffic(sync_every: int = 15, n_sub: float = 0.5, seed: int = 0, timeout_s: int = 600) -> list[dict[str, Any]]:
-    """Bytes a rank sends and receives per sync, TwIST true C=none, for S = 2, 3, 4 real processes (tiny model,
-    gloo, one worker each) and, from the same accounting, S = 8, 64, 512 (computed: today's sync is one
-    all_gather of every worker's held vector, so a rank sends its own and receives the other S - 1)."""
+    """Bytes a rank sends and receives per sync, TwIST true C=none, sharded and unsharded, for S = 2, 3, 4 real
+    processes (tiny model, gloo, one worker each) and, from the same accounting, S = 8, 64, 512 (computed, not
+    run). Unsharded, a sync is one all_gather of every worker's held vector: a rank sends its own and receives the
+    other S - 1. Sharded, the two all_to_alls' splits follow from the blueprints and the shard plan
+    (:func:`sharded_traffic`), which the runs check against what the ranks counted."""
     p = PRESETS["tiny"]
     cfg = GPTConfig.from_preset(p["model"], dropout=0.0, n_layer=p["n_layer"])
     model_bytes = sum(t.numel() * 4 for t in TwISTLitModule(cfg).model.parameters())
     out, held = [], None
     for world in TRAFFIC_RUN:
+        measured = {}
         with tempfile.TemporaryDirectory(prefix="twist-bench-traffic-") as tmp:
-            run_jobs([dict(config=cfg, variant="true", common="none", seq_len=p["seq_len"], batch=p["batch"],
-                           steps=sync_every, sync_every=sync_every, n_sub=n_sub, seed=seed, folder=tmp,
-                           timeout_s=timeout_s)], world=world)
-            ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
-        calls = max(ranks[0]["calls"], 1)
-        sent, received = max(r["bytes"] for r in ranks) / calls, max(r["received"] for r in ranks) / calls
-        held = sent
-        out.append({"workers": world, "run": True, "sent_per_sync": sent, "received_per_sync": received,
-                    "received_over_model": received / model_bytes, "model_bytes": model_bytes})
+            jobs = []
+            for shard in (True, False):
+                folder = Path(tmp, f"shard{int(shard)}")
+                folder.mkdir()
+                jobs.append(dict(config=cfg, variant="true", common="none", seq_len=p["seq_len"], batch=p["batch"],
+                                 steps=sync_every, sync_every=sync_every, n_sub=n_sub, seed=seed, folder=str(folder),
+                                 timeout_s=timeout_s, shard=shard))
+            run_jobs(jobs, world=world)
+            for shard in (True, False):
+                ranks = [json.loads(Path(tmp, f"shard{int(shard)}", f"rank{r}.json").read_text()) for r in range(world)]
+                syncs = max(ranks[0]["syncs"], 1)
+                measured[shard] = (max(r["bytes"] for r in ranks) / syncs, max(r["received"] for r in ranks) / syncs)
+        held = measured[False][0]
+        computed = sharded_traffic(cfg, world, n_sub, seed, rounds=range(1, 2))
+        out.append({"workers": world, "run": True, "sent_per_sync": measured[True][0],
+                    "received_per_sync": measured[True][1], "received_over_model": measured[True][1] / model_bytes,
+                    "computed_received_per_sync": computed["received"],
+                    "unsharded_sent_per_sync": measured[False][0], "unsharded_received_per_sync": measured[False][1],
+                    "unsharded_received_over_model": measured[False][1] / model_bytes, "model_bytes": model_bytes})
     for world in TRAFFIC_COMPUTED:
-        out.append({"workers": world, "run": False, "sent_per_sync": held, "received_per_sync": (world - 1) * held,
-                    "received_over_model": (world - 1) * held / model_bytes, "model_bytes": model_bytes})
+        computed = sharded_traffic(cfg, world, n_sub, seed)
+        out.append({"workers": world, "run": False, "sent_per_sync": computed["sent"],
+                    "received_per_sync": computed["received"], "received_over_model": computed["received"] / model_bytes,
+                    "unsharded_sent_per_sync": held, "unsharded_received_per_sync": (world - 1) * held,
+                    "unsharded_received_over_model": (world - 1) * held / model_bytes, "model_bytes": model_bytes})
     return out
+
+
+def sharded_traffic(config: GPTConfig, world: int, n_sub: float, seed: int, rounds=range(1, 3),
+                    ranks: int = 4) -> dict[str, float]:
+    """Bytes per sync the busiest of a sample of ``ranks`` ranks sends and receives with a sharded central model,
+    one worker per rank, TwIST true C=none, float32, from the blueprints of ``rounds`` (a sync ends one round and
+    starts the next). Phase 1: a worker's rows outside its own rank's shard go to their owners, and the owner
+    receives every other worker's rows in its shard; phase 2 the reverse for the next round's blueprints."""
+    from twist_lightning.model import GPT
+    from twist_lightning.partition import PartitionSpec, param_index, sample_blueprints
+    from twist_lightning.shards import ShardPlan
+    from twist_lightning.workers import Layout
+
+    with torch.device("meta"):  # shapes only
+        layout = Layout(GPT(config))
+    plan = ShardPlan(layout, world)
+    spec = PartitionSpec.from_config(config, common="none")
+    sample = sorted({0, world // 3, world // 2, world - 1} if ranks >= 4 else {0})
+    sent = received = 0.0
+    for round in rounds:
+        old = [param_index(config, bp) for bp in sample_blueprints(spec, world, n_sub, seed, round - 1)]
+        new = [param_index(config, bp) for bp in sample_blueprints(spec, world, n_sub, seed, round)]
+        for me in sample:
+            out_1 = sum(plan.route(old[me], r).numel for r in range(world) if r != me)
+            in_1 = sum(plan.route(old[s], me).numel for s in range(world) if s != me)
+            out_2 = sum(plan.route(new[s], me).numel for s in range(world) if s != me)
+            in_2 = sum(plan.route(new[me], r).numel for r in range(world) if r != me)
+            sent, received = max(sent, 4.0 * (out_1 + out_2)), max(received, 4.0 * (in_1 + in_2))
+    return {"sent": sent, "received": received}
 
 
 def _targets(presets: list[str], rows: list[dict[str, Any]], traffic_rows: list[dict[str, Any]] | None = None
@@ -350,7 +409,7 @@ def _targets(presets: list[str], rows: list[dict[str, Any]], traffic_rows: list[
                       bf16 <= 0.025))
     if traffic_rows:
         worst_s = max(traffic_rows, key=lambda r: r["received_over_model"])
-        out.append(target(f"received bytes per rank per sync / model bytes, worst S ({worst_s['workers']})",
+        out.append(target(f"sharded: received bytes per rank per sync / model bytes, worst S ({worst_s['workers']})",
                           worst_s["received_over_model"], "<= 2.5", worst_s["received_over_model"] <= 2.5))
     return out
 
@@ -390,6 +449,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(format_report(report, COLUMNS))
     if report["config"]["traffic"]:
         print(format_table(report["config"]["traffic"], ["workers", "run", "sent_per_sync", "received_per_sync",
-                                                         "received_over_model"]))
+                                                         "received_over_model", "unsharded_received_over_model"]))
     write_report(report, args.out)
     return report
