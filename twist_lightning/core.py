@@ -332,7 +332,8 @@ class TwISTCore:
                 held, moments = received[k][0], received[k][1:] or None
                 if physical:
                     values = self._live if single else held
-                    values.copy_(held)
+                    if values is not held:
+                        values.copy_(held)
                 else:  # units outside the subnet keep stale values: the forward never reads them
                     values = self._live if single else previous[k].values
                     self.layout.scatter_held(values, index, held)
@@ -521,7 +522,10 @@ class TwISTCore:
         recv = all_to_all(send, send_sizes, recv_sizes, me, self.counter)
         del send
         n_held = sum(s.numel() for s in self.layout.held_shapes(self.all_indices[me * wpp]))
-        received = [[recv.new_empty(n_held) for _ in range(channels)] for _ in range(wpp)]
+        # a single physical worker's values are the live buffer itself: its new rows go straight in
+        direct = wpp == 1 and self.physical_on(me)
+        received = [[self._live if direct and c == 0 else recv.new_empty(n_held) for c in range(channels)]
+                    for _ in range(wpp)]
         offset = 0
         for r in range(W):
             for k in range(wpp):

@@ -127,9 +127,13 @@ def cut(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, out
     """Write the pieces of a worker's held vector that ``route``'s owner owns into ``out`` (``route.numel``)."""
     offset = 0
     for view, rows in zip(layout.split_held(held, index), route.rows):
-        piece = view[rows] if isinstance(rows, slice) else view.index_select(0, rows)
-        n = piece.numel()
-        out[offset:offset + n].copy_(piece.reshape(-1))
+        if isinstance(rows, slice):
+            piece = view[rows]
+            n = piece.numel()
+            out[offset:offset + n].view_as(piece).copy_(piece)
+        else:  # straight into the buffer: one pass, no temporary
+            n = len(rows) * math.prod(view.shape[1:])
+            torch.index_select(view, 0, rows, out=out[offset:offset + n].view(len(rows), *view.shape[1:]))
         offset += n
 
 
