@@ -146,3 +146,4 @@ def test_evaluate_reports_a_diverged_model_instead_of_crashing(tmp_path):
     assert 0 < one["diverged"] < 4 and math.isfinite(one["mean_ppl"])  # the subnets without it are fine
     write_json(tmp_path / "eval.json", result)
     assert json.loads((tmp_path / "eval.json").read_text())["full"]["ppl"] is None
+

@@ -131,3 +131,26 @@ def test_sharded_and_unsharded_syncs_give_identical_central_models(tmp_path, wor
             if kw.get("sync_dtype") == "bfloat16":
                 continue
             assert ranks[0][name][True][1]["received"] < 0.8 * ranks[0][name][False][1]["received"], name
+
+
+def _finite_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        core = TwISTCore(variant="masked", n_sub=2)
+        core.setup(gpt(), rank=rank, world_size=world)
+        seen = [core.central_is_finite()]
+        if rank == 0:
+            core.central[0] = float("nan")  # only rank 0's rows
+        seen.append(core.central_is_finite())
+        torch.save(seen, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_non_finite_row_on_one_rank_is_seen_by_every_rank(tmp_path):
+    """The divergence guard's check after a sync: sharded, a rank's own rows are not enough, or one rank would stop
+    while the others wait in the next sync."""
+    out = str(tmp_path / "finite")
+    mp.spawn(_finite_worker, args=(2, free_port(), out), nprocs=2)
+    assert [torch.load(f"{out}.{r}") for r in range(2)] == [[True, False], [True, False]]

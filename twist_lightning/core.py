@@ -547,6 +547,16 @@ class TwISTCore:
             self._materialized = True
         return self.central_model
 
+    def central_is_finite(self) -> bool:
+        """Whether every central value is finite; sharded, on every rank's rows (a collective: every rank calls it,
+        so all of them stop together instead of one stopping while the others wait in the next sync)."""
+        finite = bool(torch.isfinite(self.central).all())
+        if self.plan is not None:
+            flag = torch.tensor([1.0 if finite else 0.0], device=self.central.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item() > 0)
+        return finite
+
     @property
     def materialized(self) -> bool:
         """Whether ``central_model`` holds the central values now (always, unsharded)."""

@@ -86,7 +86,7 @@ class DivergenceGuard(Callback):
         strategy = trainer.strategy
         if not (self.check_sync and isinstance(strategy, TwISTStrategy) and strategy.central is not None):
             return
-        if strategy.step_in_round == 0 and strategy.round > 0 and not bool(torch.isfinite(strategy.central).all()):
+        if strategy.step_in_round == 0 and strategy.round > 0 and not strategy.core.central_is_finite():
             raise DivergenceError(f"the central model is non-finite after TwIST sync {strategy.round} (step "
                                   f"{trainer.global_step}): the run diverged and was stopped. "
                                   f"{divergence_hint(pl_module, trainer)} {_KEPT}")
