@@ -23,7 +23,9 @@ values (``workers.exchange_held``), S x held received per rank. One process keep
 
 Variants:
     masked: the live model is the full model running its subnet by index-select; units a worker does not hold are
-        restored after every step (AdamW's momentum and weight decay would otherwise move them).
+        restored after every step (AdamW's momentum and weight decay would otherwise move them). Sharded, they are
+        not: the forward never reads them and no sync sends them, so the live model's units outside the subnet
+        hold stale values (read the central model, not the live one, for the model's weights).
     true: the live model is a physically smaller dense GPT cut from the central model (the same shape every
         round, so the optimizer keeps its tensors); only the held values travel.
     hybrid: rank 0 trains masked, the other ranks physically.
@@ -176,6 +178,7 @@ class TwISTCore:
         self.layout: Layout | None = None
         self.plan: ShardPlan | None = None  # sharded central model: which rows each rank owns (None: one copy)
         self._materialized = True  # sharded: whether central_model holds the central values now
+        self._kept = False  # sharded: materialized for good (after fit)
         self._out_routes: list[list] = []  # sharded: [local worker][owner] -> Route
         self._in_routes: list = []  # sharded: [every worker] -> Route into this rank's shard
         self.blueprints: list[Blueprint] = []
@@ -286,6 +289,9 @@ class TwISTCore:
         self.counter.bytes = self._pending.get("bytes_communicated", 0)
         self.counter.calls = self._pending.get("collective_calls", 0)
         self.counter.received = self._pending.get("bytes_received", 0)
+        ranks = self._pending.get("rank_counters")  # per rank since sharding (rank 0's above, for older readers)
+        if ranks and len(ranks) == self.world_size:
+            self.counter.bytes, self.counter.calls, self.counter.received = ranks[self.rank]
         self._pending = None
         self.activate(0)
 
@@ -537,9 +543,11 @@ class TwISTCore:
         self._start_round(blueprints, received=received)
 
     # ---- the whole central model (sharded: on demand) ---------------------------------------------------------------
-    def materialize(self) -> GPT:
+    def materialize(self, keep: bool = False) -> GPT:
         """The central model with its current values (sharded: gathered from every rank's rows, a collective every
-        rank must call; it stays whole until :meth:`release` or the next sync)."""
+        rank must call; it stays whole until :meth:`release` or the next sync). ``keep``: for good (after fit,
+        when the module holds it), so neither :meth:`release` nor a later sync drops its storage."""
+        self._kept = self._kept or keep
         if self.plan is not None and not self._materialized:
             full = self.plan.gather(self.central, self.rank)
             for p, view in zip(self.central_model.parameters(), self.layout.views(full)):
@@ -564,7 +572,7 @@ class TwISTCore:
 
     def release(self) -> None:
         """Sharded: drop the whole central model's storage again (the shard keeps the values). A no-op unsharded."""
-        if self.plan is not None and self._materialized:
+        if self.plan is not None and self._materialized and not self._kept:
             for p in self.central_model.parameters():
                 p.data = p.data.new_empty(0)
             self._materialized = False
@@ -619,10 +627,12 @@ class TwISTCore:
         params = self.params()
         local = [{"values": w.values.detach().cpu().clone(), "optimizer": _cpu_state(w.optimizer_state, params)}
                  for w in self.workers]
-        if self.world_size > 1:
+        counters = [[self.counter.bytes, self.counter.calls, self.counter.received]]
+        if self.world_size > 1:  # (sharded, the ranks' counts differ: each rank's are kept)
             gathered: list[Any] = [None] * self.world_size
-            dist.all_gather_object(gathered, local)
-            local = [w for rank in gathered for w in rank]
+            dist.all_gather_object(gathered, (local, counters[0]))
+            local = [w for rank in gathered for w in rank[0]]
+            counters = [rank[1] for rank in gathered]
         buffer = self.outer_buffer
         if buffer is not None and self.plan is not None:  # saved whole, so any world size can resume it
             buffer = self.plan.gather(buffer, self.rank)
@@ -630,7 +640,7 @@ class TwISTCore:
                 "workers": local,
                 "outer_buffer": None if buffer is None else buffer.detach().cpu().clone(),
                 "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls,
-                "bytes_received": self.counter.received}
+                "bytes_received": self.counter.received, "rank_counters": counters}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Keep a saved state; :meth:`setup` applies its round, :meth:`bind` its workers' values and moments."""

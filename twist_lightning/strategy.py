@@ -218,6 +218,9 @@ class TwISTStrategy(DDPStrategy):
         super().on_validation_start()
         if self._fitting():  # evaluate the central model (as of the last sync), not this worker's subnet
             self._swapped_out, self.lightning_module.model = self.lightning_module.model, self.core.materialize()
+            # Lightning put the module in eval mode before this hook, with the live model inside; the central
+            # model takes the same mode (dropout off)
+            self.lightning_module.model.train(self._swapped_out.training)
 
     @override
     def on_validation_end(self) -> None:
@@ -230,7 +233,7 @@ class TwISTStrategy(DDPStrategy):
     def on_train_end(self) -> None:
         if self.core.central_model is not None:
             self.core.finish()  # fold the last partial round in, so no training is lost
-            self.lightning_module.model = self.core.materialize()  # after fit, the module holds the central model
+            self.lightning_module.model = self.core.materialize(keep=True)  # after fit, the module holds it
         super().on_train_end()
 
     @override
