@@ -145,7 +145,8 @@ def _label(file: Path, out_dir: Path) -> str:
     return f"{_rel(file.parent, out_dir)}" + (f" (`{overrides}`)" if overrides else "")
 
 
-def _comparison_sections(evals: list[tuple[Path, dict[str, Any]]], out_dir: Path, heatmap: Path) -> list[str]:
+def _comparison_sections(evals: list[tuple[Path, dict[str, Any]]], out_dir: Path, heatmap: Path | None
+                         ) -> list[str]:
     """Full models side by side; TwIST's random subnets against the best pruning of a densely trained model; and
     the trained-size x evaluated-size table, from evaluations that sit in training run folders."""
     runs = [(f, r, trained_as(f.parent)) for f, r in evals]
@@ -190,7 +191,7 @@ def _comparison_sections(evals: list[tuple[Path, dict[str, Any]]], out_dir: Path
         for f, r, t in runs:
             by = {row["heads"]: row.get("mean_ppl") for row in r["sizes"]}
             lines.append(f"| {_label(f, out_dir)} | {t} | " + " | ".join(_f(by.get(h), 2) for h in sizes) + " |")
-        lines += ["", f"![trained size x evaluated size]({_rel(heatmap, out_dir)})", ""]
+        lines += ["", *([f"![trained size x evaluated size]({_rel(heatmap, out_dir)})", ""] if heatmap else [])]
     return lines
 
 
@@ -223,7 +224,7 @@ def _runs_section(runs: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> lis
     return [*lines, ""]
 
 
-def _eval_section(file: Path, r: dict[str, Any], out_dir: Path, png: Path) -> list[str]:
+def _eval_section(file: Path, r: dict[str, Any], out_dir: Path, png: Path | None) -> list[str]:
     n_head = r["model"]["n_head"]
     methods = [m for m in (r["sizes"][0].get("methods", {}) if r["sizes"] else {}) if m != "random"]
     lines = [f"## Evaluation: {_label(file, out_dir)}", "",
@@ -237,10 +238,10 @@ def _eval_section(file: Path, r: dict[str, Any], out_dir: Path, png: Path) -> li
                  f"{_f(row.get('mean_ppl'), 2)} ± {_f(row.get('std_ppl'), 2)}", _f(row.get("min_ppl"), 2),
                  _f(row.get("max_ppl"), 2), *(_f(row.get("methods", {}).get(m), 2) for m in methods)]
         lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, "", f"![PPL per size]({_rel(png, out_dir)})", ""]
+    return [*lines, "", *([f"![PPL per size]({_rel(png, out_dir)})", ""] if png else [])]
 
 
-def _grid_section(file: Path, grid: dict[str, Any], out_dir: Path, png: Path) -> list[str]:
+def _grid_section(file: Path, grid: dict[str, Any], out_dir: Path, png: Path | None) -> list[str]:
     rows = grid["rows"]
     evals = list(dict.fromkeys(r["heads"] for r in rows))
     trains = list(dict.fromkeys((r["checkpoint"], r["train_size"]) for r in rows))
@@ -250,7 +251,7 @@ def _grid_section(file: Path, grid: dict[str, Any], out_dir: Path, png: Path) ->
              "| trained at | " + " | ".join(f"eval {h}" for h in evals) + " |", "|---|" + "---|" * len(evals)]
     for ckpt, size in trains:
         lines.append(f"| {size} | " + " | ".join(_f(table.get((ckpt, h)), 2) for h in evals) + " |")
-    return [*lines, "", f"![grid]({_rel(png, out_dir)})", ""]
+    return [*lines, "", *([f"![grid]({_rel(png, out_dir)})", ""] if png else [])]
 
 
 # ---------------------------------------------------------------------- plots
@@ -339,7 +340,7 @@ def write_report(dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str]
         lines += _runs_section([(f.resolve(), d) for f, d in found["run"]], out_dir)
     evals = [(f.resolve(), d) for f, d in found["evaluate"]]
     heatmap = out_dir / f"{out.stem}_trained.png"
-    lines += _comparison_sections(evals, out_dir, heatmap)
+    lines += _comparison_sections(evals, out_dir, heatmap if plots else None)  # no links to PNGs not made
     trained = _trained_grid(evals, out_dir)
     if plots and trained is not None:
         _plot_grid(trained, heatmap)
@@ -348,7 +349,7 @@ def write_report(dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str]
     sections += [(f, d, _grid_section, _plot_grid) for f, d in found["grid"]]
     for n, (file, data, section, plot) in enumerate(sections, start=1):
         png = out_dir / f"{out.stem}_{n}.png"
-        lines += section(file.resolve(), data, out_dir, png)
+        lines += section(file.resolve(), data, out_dir, png if plots else None)
         if plots:
             plot(data, png)
     with atomic_path(out) as tmp:
