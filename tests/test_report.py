@@ -108,3 +108,15 @@ def test_committed_aggregation_report_is_reproduced_byte_for_byte(tmp_path: Path
     (copy / "report.md").unlink()
     assert main([str(copy), "--no-plots"]) == 0
     assert (copy / "report.md").read_text() == (folder / "report.md").read_text()
+
+
+def test_committed_paper_claim_report_is_reproduced_byte_for_byte(tmp_path: Path) -> None:
+    """bench/results/paper_claim_cpu/report.md is what the report command makes of the run JSON beside it."""
+    folder = RESULTS / "paper_claim_cpu"
+    copy = tmp_path / "paper_claim_cpu"
+    shutil.copytree(folder, copy)
+    for made in [copy / "report.md", *copy.glob("report_*.png")]:
+        made.unlink()
+    assert main([str(copy)]) == 0
+    assert (copy / "report.md").read_text() == (folder / "report.md").read_text()
+    assert sorted(p.name for p in copy.glob("report_*.png")) == sorted(p.name for p in folder.glob("report_*.png"))
