@@ -441,19 +441,25 @@ class TwISTCore:
         if self.sync_dtype != SyncDtype.float32:
             received = [self._decode(s, h) for s, h in enumerate(received)]
         parts = [h.split(n_held) for h in received]  # per worker: values(, moments...)
-        outer = self.outer != OuterOptimizer.none and not self._round_warm  # the warm start averages plainly
-        before = self.central.clone() if outer else None
-        average_over_holders(self.central, self.layout, [p[0] for p in parts], self.all_indices)
-        if before is not None:
-            self._outer_step(before)
-        if carry:
-            if self.central_moments is None:
-                self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
-            for i, key in enumerate(MOMENTS, start=1):
-                average_over_holders(self.central_moments[key], self.layout, [p[i] for p in parts], self.all_indices)
+        self._aggregate(self.layout, parts, self.all_indices)
         self.round += 1
         self.step_in_round = 0
         self._start_round(self._draw(self.round, self.steps_done))
+
+    def _aggregate(self, layout: Layout, parts: list, indices: list[dict]) -> None:
+        """Average every worker's values (``parts[s][0]``) over their holders into ``self.central`` laid out as
+        ``layout`` (the whole model, or this rank's shard), take the outer step, and average carried moments
+        (``parts[s][1:]``) likewise."""
+        outer = self.outer != OuterOptimizer.none and not self._round_warm  # the warm start averages plainly
+        before = self.central.clone() if outer else None
+        average_over_holders(self.central, layout, [p[0] for p in parts], indices)
+        if before is not None:
+            self._outer_step(before)
+        if self.optimizer_policy == OptimizerState.carry:
+            if self.central_moments is None:
+                self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
+            for i, key in enumerate(MOMENTS, start=1):
+                average_over_holders(self.central_moments[key], layout, [p[i] for p in parts], indices)
 
     def _sync_sharded(self) -> None:
         """:meth:`sync` on a sharded central model: held rows to their owners, average there, new rows back.
@@ -498,17 +504,7 @@ class TwISTCore:
                 chans[0] = shard.gather_held(self.central, route.index) - chans[0]
             parts.append(chans)
         del recv
-        indices = [route.index for route in self._in_routes]
-        outer = self.outer != OuterOptimizer.none and not self._round_warm
-        before = self.central.clone() if outer else None
-        average_over_holders(self.central, shard, [p[0] for p in parts], indices)
-        if before is not None:
-            self._outer_step(before)
-        if carry:
-            if self.central_moments is None:
-                self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
-            for i, key in enumerate(MOMENTS, start=1):
-                average_over_holders(self.central_moments[key], shard, [p[i] for p in parts], indices)
+        self._aggregate(shard, parts, [route.index for route in self._in_routes])
         del parts
         self.release()  # a gathered central model is stale now
         self.round += 1
