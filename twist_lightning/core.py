@@ -350,7 +350,8 @@ class TwISTCore:
                 if self.plan is None:
                     worker.mask = self.layout.held_mask(index, device)
             if self.plan is not None and self.sync_dtype != SyncDtype.float32:
-                worker.start = worker.held(self.layout).clone()  # the reference its bf16 change is taken against
+                start = worker.held(self.layout)  # the reference its bf16 change is taken against
+                worker.start = start.clone() if start is values else start  # a masked worker's is already a copy
             self.workers.append(worker)
         self.activate(0)
 

@@ -94,11 +94,11 @@ class ShardPlan:
         sizes = [self.numel(r) for r in range(self.world_size)]
         padded = shard.new_zeros(max(sizes))  # all_gather needs equal sizes
         padded[:shard.numel()].copy_(shard)
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        gathered = padded.new_empty(self.world_size * padded.numel())  # one flat buffer, rank-major
         if counter is not None:
             counter.add(padded, received=(self.world_size - 1) * padded.numel() * padded.element_size())
-        dist.all_gather(parts, padded)
-        for r, part in enumerate(parts):
+        dist.all_gather_into_tensor(gathered, padded)
+        for r, part in enumerate(gathered.chunk(self.world_size)):
             for view, piece, bounds in zip(views, self.shards[r].views(part[:sizes[r]]), self.bounds):
                 a, b = bounds[r]
                 view[a:b].copy_(piece)

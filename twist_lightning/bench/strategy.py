@@ -59,9 +59,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from twist_lightning.bench.common import (base_parser, format_report, format_table, make_report, pair_ratios, target,
                                           write_report)
 from twist_lightning.comm import CountingDDPStrategy
-from twist_lightning.model import GPTConfig
+from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
+from twist_lightning.partition import PartitionSpec, param_index, sample_blueprints
+from twist_lightning.shards import ShardPlan
 from twist_lightning.strategy import TwISTStrategy
+from twist_lightning.workers import Layout
 
 #: Shapes: model preset (+ overrides), tokens per sequence, sequences per rank, steps, untimed steps, passes.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -362,11 +365,6 @@ def sharded_traffic(config: GPTConfig, world: int, n_sub: float, seed: int, roun
     one worker per rank, TwIST true C=none, float32, from the blueprints of ``rounds`` (a sync ends one round and
     starts the next). Phase 1: a worker's rows outside its own rank's shard go to their owners, and the owner
     receives every other worker's rows in its shard; phase 2 the reverse for the next round's blueprints."""
-    from twist_lightning.model import GPT
-    from twist_lightning.partition import PartitionSpec, param_index, sample_blueprints
-    from twist_lightning.shards import ShardPlan
-    from twist_lightning.workers import Layout
-
     with torch.device("meta"):  # shapes only
         layout = Layout(GPT(config))
     plan = ShardPlan(layout, world)
