@@ -45,7 +45,7 @@ from torch.optim import Optimizer
 from twist_lightning.model import GPT
 from twist_lightning.options import TWIST_VARIANTS, OptimizerState, OuterOptimizer, SyncDtype, Variant, choice
 from twist_lightning.partition import Blueprint, PartitionSpec, extract, param_index, sample_blueprints
-from twist_lightning.shards import ShardPlan, all_to_all, cut, paste
+from twist_lightning.shards import ShardPlan, all_to_all, cut, paste, reuse
 from twist_lightning.workers import (
     CollectiveCounter,
     Layout,
@@ -318,7 +318,8 @@ class TwISTCore:
                      received: list[list[torch.Tensor]] | None = None) -> None:
         """Give every local worker its new blueprint and its values: sliced from the full vector ``source``
         (default: the unsharded central model), or, sharded, the held vectors ``received`` from the owners (per
-        local worker: values, then carried moments)."""
+        local worker: values, then carried moments; values ``None``: already pasted into a masked worker's
+        buffer)."""
         if self.blueprints is not blueprints:
             self._index_round(blueprints)
         device = self.central.device
@@ -342,7 +343,8 @@ class TwISTCore:
                         values.copy_(held)
                 else:  # units outside the subnet keep stale values: the forward never reads them
                     values = self._live if single else previous[k].values
-                    self.layout.scatter_held(values, index, held)
+                    if held is not None:  # None: the sync pasted the new rows in place
+                        self.layout.scatter_held(values, index, held)
             worker = Worker(bp, index, values, physical, self._initial_state(index, physical, moments))
             if not physical:
                 self.model.set_subnet(list(bp.heads), list(bp.ffn), scale=self.scale)
@@ -447,26 +449,33 @@ class TwISTCore:
         self.step_in_round = 0
         self._start_round(self._draw(self.round, self.steps_done))
 
-    def _aggregate(self, layout: Layout, parts: list, indices: list[dict]) -> None:
+    def _aggregate(self, layout: Layout, parts: list, indices: list[dict], scratch: torch.Tensor | None = None
+                   ) -> None:
         """Average every worker's values (``parts[s][0]``) over their holders into ``self.central`` laid out as
         ``layout`` (the whole model, or this rank's shard), take the outer step, and average carried moments
-        (``parts[s][1:]``) likewise."""
+        (``parts[s][1:]``) likewise. ``scratch``: a spent buffer the averages may use (see
+        :func:`average_over_holders`)."""
         outer = self.outer != OuterOptimizer.none and not self._round_warm  # the warm start averages plainly
         before = self.central.clone() if outer else None
-        average_over_holders(self.central, layout, [p[0] for p in parts], indices)
+        average_over_holders(self.central, layout, [p[0] for p in parts], indices, buffer=scratch)
         if before is not None:
             self._outer_step(before)
         if self.optimizer_policy == OptimizerState.carry:
             if self.central_moments is None:
                 self.central_moments = {key: torch.zeros_like(self.central) for key in MOMENTS}
             for i, key in enumerate(MOMENTS, start=1):
-                average_over_holders(self.central_moments[key], layout, [p[i] for p in parts], indices)
+                average_over_holders(self.central_moments[key], layout, [p[i] for p in parts], indices,
+                                     buffer=scratch)
 
     def _sync_sharded(self) -> None:
         """:meth:`sync` on a sharded central model: held rows to their owners, average there, new rows back.
 
         Each phase is one ``all_to_all``; the buffers hold, per destination rank and per worker, every channel's
         pieces (channel 0 the values, then the carried moments), in the order both sides derive from the routes.
+        A masked worker's values are cut from and pasted into its full-size buffer in place (no held copy), a
+        rank's pieces of its own shard skip the exchange, and each phase hands its spent buffers on (phase 1's
+        send buffer is the averaging scratch and phase 2's receive buffer; phase 1's receive buffer is phase 2's
+        send buffer), so a sync allocates three of them (send, receive, own pieces) rather than six.
         """
         carry = self.optimizer_policy == OptimizerState.carry
         bf16 = self.sync_dtype != SyncDtype.float32
@@ -474,38 +483,54 @@ class TwISTCore:
         W, me, wpp = self.world_size, self.rank, self.workers_per_process
         channels = 1 + (len(MOMENTS) if carry else 0)
         # phase 1: every local worker's pieces to their owners
-        local = []
+        local = []  # per local worker: (vector, full-size?) per channel
         for w in self.workers:
-            held = w.held(self.layout)
-            chans = [(w.start - held).to(wire) if bf16 else held]
+            if bf16:
+                chans = [((w.start - w.held(self.layout)).to(wire), False)]
+            else:  # a masked worker's values are read from its full buffer
+                chans = [(w.values, not w.physical)]
             if carry:  # moments travel as they are (see _reference)
-                chans += [self._held_moments(w, key).to(wire) for key in MOMENTS]
+                chans += [(self._held_moments(w, key).to(wire), False) for key in MOMENTS]
             local.append(chans)
-        send_sizes = [channels * sum(self._out_routes[k][r].numel for k in range(wpp)) for r in range(W)]
+        # Pieces a rank owns itself never enter the exchange: they are cut into `mine` (phase 2: gathered into
+        # it) and read from there, so the all_to_all carries only other ranks' splits (its own is 0) and gloo
+        # makes no local copy of them.
+        send_sizes = [0 if r == me else channels * sum(self._out_routes[k][r].numel for k in range(wpp))
+                      for r in range(W)]
         send = torch.empty(sum(send_sizes), dtype=wire, device=self.central.device)
+        mine = torch.empty(channels * sum(self._out_routes[k][me].numel for k in range(wpp)), dtype=wire,
+                           device=self.central.device)
         offset = 0
         for r in range(W):
+            buffer, at = (mine, 0) if r == me else (send, offset)
             for k, w in enumerate(self.workers):
                 route = self._out_routes[k][r]
-                for chan in local[k]:
-                    cut(self.layout, chan, w.index, route, send[offset:offset + route.numel])
-                    offset += route.numel
+                for vector, full in local[k]:
+                    cut(self.layout, vector, w.index, route, buffer[at:at + route.numel], full=full)
+                    at += route.numel
+            if r != me:
+                offset = at
         del local
-        recv_sizes = [channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp)) for q in range(W)]
+        recv_sizes = [0 if q == me else channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp))
+                      for q in range(W)]
         recv = all_to_all(send, send_sizes, recv_sizes, me, self.counter)
+        spare = send if send.dtype == self.central.dtype else None  # bf16's is too narrow to reuse
         del send
         shard = self.plan.shards[me]
         parts, offset = [], 0
-        for route in self._in_routes:  # every worker, rank-major, as the ranks sent them
-            chans = []
-            for _ in range(channels):
-                chans.append(recv[offset:offset + route.numel].to(self.central.dtype))
-                offset += route.numel
-            if bf16:  # undo the change against the round's start, which this rank owns
-                chans[0] = shard.gather_held(self.central, route.index) - chans[0]
-            parts.append(chans)
-        del recv
-        self._aggregate(shard, parts, [route.index for route in self._in_routes])
+        for q in range(W):  # every worker, rank-major, as the ranks sent them
+            buffer, at = (mine, 0) if q == me else (recv, offset)
+            for k in range(wpp):
+                route, chans = self._in_routes[q * wpp + k], []
+                for _ in range(channels):
+                    chans.append(buffer[at:at + route.numel].to(self.central.dtype))
+                    at += route.numel
+                if bf16:  # undo the change against the round's start, which this rank owns
+                    chans[0] = shard.gather_held(self.central, route.index) - chans[0]
+                parts.append(chans)
+            if q != me:
+                offset = at
+        self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare)
         del parts
         self.release()  # a gathered central model is stale now
         self.round += 1
@@ -514,29 +539,52 @@ class TwISTCore:
         self._index_round(blueprints)
         # phase 2: every owner's rows of every worker's new subnet, to the worker's rank
         sources = [self.central] + ([self.central_moments[key] for key in MOMENTS] if carry else [])
-        send_sizes = [channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp)) for q in range(W)]
-        send = torch.empty(sum(send_sizes), dtype=self.central.dtype, device=self.central.device)
+        send_sizes = [0 if q == me else channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp))
+                      for q in range(W)]
+        send = reuse(recv, sum(send_sizes), self.central.dtype)  # phase 1's pieces are averaged: spent
+        mine = reuse(mine, channels * sum(self._in_routes[me * wpp + k].numel for k in range(wpp)),
+                     self.central.dtype)
+        del recv
         offset = 0
-        for route in self._in_routes:
-            for source in sources:
-                shard.gather_held(source, route.index, out=send[offset:offset + route.numel])
-                offset += route.numel
-        recv_sizes = [channels * sum(self._out_routes[k][r].numel for k in range(wpp)) for r in range(W)]
-        recv = all_to_all(send, send_sizes, recv_sizes, me, self.counter)
-        del send
+        for q in range(W):
+            buffer, at = (mine, 0) if q == me else (send, offset)
+            for k in range(wpp):
+                route = self._in_routes[q * wpp + k]
+                for source in sources:
+                    shard.gather_held(source, route.index, out=buffer[at:at + route.numel])
+                    at += route.numel
+            if q != me:
+                offset = at
+        recv_sizes = [0 if r == me else channels * sum(self._out_routes[k][r].numel for k in range(wpp))
+                      for r in range(W)]
+        recv = all_to_all(send, send_sizes, recv_sizes, me, self.counter, out=spare)
+        del send, spare
         n_held = sum(s.numel() for s in self.layout.held_shapes(self.all_indices[me * wpp]))
-        # a single physical worker's values are the live buffer itself: its new rows go straight in
-        direct = wpp == 1 and self.physical_on(me)
-        received = [[self._live if direct and c == 0 else recv.new_empty(n_held) for c in range(channels)]
-                    for _ in range(wpp)]
+        physical = self.physical_on(me)
+
+        # a physical worker's new values go into a held vector (a single one's is the live buffer itself); a
+        # masked worker's straight into its own full buffer (None: already in place)
+        def target(c: int) -> torch.Tensor | None:
+            if c == 0 and not physical:
+                return None
+            return self._live if c == 0 and wpp == 1 else recv.new_empty(n_held)
+
+        received = [[target(c) for c in range(channels)] for _ in range(wpp)]
         offset = 0
         for r in range(W):
+            buffer, at = (mine, 0) if r == me else (recv, offset)
             for k in range(wpp):
                 route, index = self._out_routes[k][r], self.all_indices[me * wpp + k]
                 for c in range(channels):
-                    paste(self.layout, received[k][c], index, route, recv[offset:offset + route.numel])
-                    offset += route.numel
-        del recv
+                    piece = buffer[at:at + route.numel]
+                    if received[k][c] is None:
+                        paste(self.layout, self.workers[k].values, index, route, piece, full=True)
+                    else:
+                        paste(self.layout, received[k][c], index, route, piece)
+                    at += route.numel
+            if r != me:
+                offset = at
+        del recv, mine
         self._start_round(blueprints, received=received)
 
     # ---- the whole central model (sharded: on demand) ---------------------------------------------------------------

@@ -46,6 +46,7 @@ class Route:
     rows: list[slice | torch.Tensor]
     index: ParamIndex
     numel: int
+    spans: list[tuple[int, int]]  # per parameter, the owner's rows [a, b) of the whole parameter
 
 
 class ShardPlan:
@@ -108,6 +109,7 @@ class ShardPlan:
         """How a worker with parameter index ``index`` meets rank ``rank``'s shard."""
         rows: list[slice | torch.Tensor] = []
         local: ParamIndex = {}
+        spans = [bounds[rank] for bounds in self.bounds]
         for name, bounds in zip(self.layout.names, self.bounds):
             a, b = bounds[rank]
             if name in index and index[name][0] == 0:
@@ -120,42 +122,73 @@ class ShardPlan:
                 if name in index:
                     local[name] = index[name]
         numel = sum(s.numel() for s in self.shards[rank].held_shapes(local))
-        return Route(rows, local, numel)
+        return Route(rows, local, numel, spans)
 
 
-def cut(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, out: torch.Tensor) -> None:
-    """Write the pieces of a worker's held vector that ``route``'s owner owns into ``out`` (``route.numel``)."""
+def _pieces(layout: Layout, vector: torch.Tensor, index: ParamIndex, route: Route, full: bool):
+    """Per parameter: the tensor a route's piece is read from or written to, and how (rows, or a dim and index).
+
+    ``full=False``: ``vector`` is the worker's held vector; the piece is rows of each held tensor (``route.rows``).
+    ``full=True``: ``vector`` is a full-size flat buffer (a masked worker's own values): the piece is the owner's
+    rows ``[a, b)`` of the whole parameter, narrowed to the subnet's units, read and written in place, which spares
+    the held-vector copy a masked worker would otherwise make in each phase.
+    """
+    if not full:
+        for view, rows in zip(layout.split_held(vector, index), route.rows):
+            if isinstance(rows, slice):
+                yield view[rows], None, None
+            else:
+                yield view, 0, rows
+        return
+    for name, view, (a, b) in zip(layout.names, layout.views(vector), route.spans):
+        if name not in route.index:
+            yield view[a:b], None, None
+        elif route.index[name][0] == 0:
+            yield view, 0, route.index[name][1] + a
+        else:
+            yield view[a:b], route.index[name][0], route.index[name][1]
+
+
+def cut(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, out: torch.Tensor,
+        full: bool = False) -> None:
+    """Write the pieces of a worker's held vector that ``route``'s owner owns into ``out`` (``route.numel``); with
+    ``full=True``, ``held`` is the worker's full-size buffer instead (see :func:`_pieces`)."""
     offset = 0
-    for view, rows in zip(layout.split_held(held, index), route.rows):
-        if isinstance(rows, slice):
-            piece = view[rows]
-            n = piece.numel()
-            out[offset:offset + n].view_as(piece).copy_(piece)
+    for view, dim, idx in _pieces(layout, held, index, route, full):
+        if dim is None:
+            n = view.numel()
+            out[offset:offset + n].view_as(view).copy_(view)
         else:  # straight into the buffer: one pass, no temporary
-            n = len(rows) * math.prod(view.shape[1:])
-            torch.index_select(view, 0, rows, out=out[offset:offset + n].view(len(rows), *view.shape[1:]))
+            shape = list(view.shape)
+            shape[dim] = len(idx)
+            n = math.prod(shape)
+            torch.index_select(view, dim, idx, out=out[offset:offset + n].view(shape))
         offset += n
 
 
-def paste(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, pieces: torch.Tensor) -> None:
-    """The inverse of :func:`cut`: put an owner's pieces into their places in a worker's held vector."""
+def paste(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, pieces: torch.Tensor,
+          full: bool = False) -> None:
+    """The inverse of :func:`cut`: put an owner's pieces into their places in a worker's held vector (or, with
+    ``full=True``, its full-size buffer; elements outside the subnet keep their values)."""
     offset = 0
-    for view, rows in zip(layout.split_held(held, index), route.rows):
-        if isinstance(rows, slice):
-            target = view[rows]
-            n = target.numel()
-            target.copy_(pieces[offset:offset + n].view_as(target))
+    for view, dim, idx in _pieces(layout, held, index, route, full):
+        if dim is None:
+            n = view.numel()
+            view.copy_(pieces[offset:offset + n].view_as(view))
         else:
-            n = len(rows) * math.prod(view.shape[1:])
-            view.index_copy_(0, rows, pieces[offset:offset + n].view(len(rows), *view.shape[1:]))
+            shape = list(view.shape)
+            shape[dim] = len(idx)
+            n = math.prod(shape)
+            view.index_copy_(dim, idx, pieces[offset:offset + n].view(shape))
         offset += n
 
 
 def all_to_all(send: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], rank: int,
-               counter: CollectiveCounter | None = None) -> torch.Tensor:
+               counter: CollectiveCounter | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """One ``all_to_all_single`` (uneven splits; gloo and NCCL both take it); counts what leaves and reaches this
-    rank, i.e. every split but the one a rank keeps for itself."""
-    recv = send.new_empty(sum(recv_sizes))
+    rank, i.e. every split but the one a rank keeps for itself. ``out``: a buffer to receive into (its first
+    ``sum(recv_sizes)`` elements; a new one when it is None or too small)."""
+    recv = reuse(out, sum(recv_sizes), send.dtype) if out is not None else send.new_empty(sum(recv_sizes))
     if counter is not None:
         size = send.element_size()
         counter.bytes += (sum(send_sizes) - send_sizes[rank]) * size
@@ -163,3 +196,16 @@ def all_to_all(send: torch.Tensor, send_sizes: list[int], recv_sizes: list[int],
         counter.calls += 1
     dist.all_to_all_single(recv, send, recv_sizes, send_sizes)
     return recv
+
+
+def reuse(buffer: torch.Tensor | None, numel: int, dtype: torch.dtype, device: torch.device | None = None
+          ) -> torch.Tensor:
+    """The first ``numel`` elements of ``buffer`` when it is big enough and of ``dtype``, else a new buffer.
+
+    A sync's buffers are hundreds of MB at the GPT-2 shape, and a new one costs its page faults (measured here:
+    filling a fresh 328 MB buffer takes about twice as long as copying into a touched one), so each phase passes
+    its spent buffer on to the next instead of allocating.
+    """
+    if buffer is not None and buffer.dtype == dtype and buffer.numel() >= numel:
+        return buffer[:numel]
+    return torch.empty(numel, dtype=dtype, device=device if buffer is None else buffer.device)

@@ -171,18 +171,20 @@ def exchange_held(local: list[torch.Tensor], counter: CollectiveCounter | None =
 
 @torch.no_grad()
 def average_over_holders(central: torch.Tensor, layout: Layout, held: list[torch.Tensor],
-                         indices: list[ParamIndex]) -> None:
+                         indices: list[ParamIndex], buffer: torch.Tensor | None = None) -> None:
     """Set each central element to the mean of its holders' values (unheld elements keep theirs).
 
     ``held[s]`` is worker ``s``'s held vector and ``indices[s]`` its parameter index, for all S workers. Holder
     counts need no communication: every rank knows every blueprint. Per parameter, the counts live along the one
     narrowed dimension (a vector, not a full-size tensor), the sums go into one reused buffer the size of the
     largest parameter, and the division and the "keep unheld" choice run in place: one pass per worker over its
-    held values plus two over the parameter, and no other full-size temporary.
+    held values plus two over the parameter, and no other full-size temporary. ``buffer``: a spent buffer to use
+    for the sums when it is big enough (a sharded sync passes its phase-1 send buffer; a new one costs page faults).
     """
     pieces = [layout.split_held(h, idx) for h, idx in zip(held, indices)]  # [S][P] views
     largest = max(shape.numel() for shape in layout.shapes)
-    buffer = torch.empty(largest, dtype=central.dtype, device=central.device)
+    if buffer is None or buffer.dtype != central.dtype or buffer.numel() < largest:
+        buffer = torch.empty(largest, dtype=central.dtype, device=central.device)
     for p, (name, target) in enumerate(zip(layout.names, layout.views(central))):
         narrowed = [index[name] for index in indices if name in index]
         if not narrowed:  # every worker holds all of it: a plain mean
