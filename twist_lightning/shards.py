@@ -34,6 +34,11 @@ import torch.distributed as dist
 from twist_lightning.workers import CollectiveCounter, Layout, ParamIndex
 
 
+# torch 2.13 deprecates all_gather_into_tensor (with a warning per call) for all_gather_single; older torch
+# (the package allows >= 2.3) has only the former
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 @dataclass
 class Route:
     """Where one worker's held values meet one owner's shard, per parameter.
@@ -98,7 +103,7 @@ class ShardPlan:
         gathered = padded.new_empty(self.world_size * padded.numel())  # one flat buffer, rank-major
         if counter is not None:
             counter.add(padded, received=(self.world_size - 1) * padded.numel() * padded.element_size())
-        dist.all_gather_into_tensor(gathered, padded)
+        _all_gather_single(gathered, padded)
         for r, part in enumerate(gathered.chunk(self.world_size)):
             for view, piece, bounds in zip(views, self.shards[r].views(part[:sizes[r]]), self.bounds):
                 a, b = bounds[r]
