@@ -28,6 +28,7 @@ def gpt(seed: int = 0) -> GPT:
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 def test_routes_cut_a_held_vector_into_owned_pieces_and_paste_it_back(world):
+    """Held-vector and full-buffer (``full=True``, a masked worker's own values) cuts give the same pieces."""
     model = gpt()
     full = flatten_parameters(model)
     layout = Layout(model)
@@ -39,6 +40,8 @@ def test_routes_cut_a_held_vector_into_owned_pieces_and_paste_it_back(world):
         index = param_index(model.config, bp)
         held = layout.gather_held(full, index)
         rebuilt = torch.full_like(held, float("nan"))
+        stale = torch.randn_like(full)
+        rebuilt_full = stale.clone()
         for r in range(world):
             route = plan.route(index, r)
             piece = torch.empty(route.numel)
@@ -46,7 +49,15 @@ def test_routes_cut_a_held_vector_into_owned_pieces_and_paste_it_back(world):
             # the owner sees the same piece as the held rows of its own shard
             assert torch.equal(piece, plan.shards[r].gather_held(plan.take(full, r), route.index))
             paste(layout, rebuilt, index, route, piece)
+            # a masked worker's full buffer gives the same piece in place, and takes it back in place
+            direct = torch.empty(route.numel)
+            cut(layout, full, index, route, direct, full=True)
+            assert torch.equal(direct, piece)
+            paste(layout, rebuilt_full, index, route, piece, full=True)
         assert torch.equal(rebuilt, held)
+        expected = stale.clone()
+        layout.scatter_held(expected, index, held)  # the held units take the new values, the rest stay stale
+        assert torch.equal(rebuilt_full, expected)
 
 
 def free_port() -> int:
