@@ -45,7 +45,7 @@ from torch.optim import Optimizer
 from twist_lightning.model import GPT
 from twist_lightning.options import TWIST_VARIANTS, OptimizerState, OuterOptimizer, SyncDtype, Variant, choice
 from twist_lightning.partition import Blueprint, PartitionSpec, extract, param_index, sample_blueprints
-from twist_lightning.shards import ShardPlan, all_to_all, cut, paste, reuse
+from twist_lightning.shards import ShardPlan, all_to_all, cut, paste, per_rank
 from twist_lightning.workers import (
     CollectiveCounter,
     Layout,
@@ -53,6 +53,7 @@ from twist_lightning.workers import (
     average_over_holders,
     exchange_held,
     flatten_parameters,
+    reuse,
 )
 
 MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam/AdamW state that "carry" averages over holders
@@ -492,34 +493,37 @@ class TwISTCore:
             if carry:  # moments travel as they are (see _reference)
                 chans += [(self._held_moments(w, key).to(wire), False) for key in MOMENTS]
             local.append(chans)
+
+        # Per rank: what the local workers send it (out) and what its workers send here (in), every channel.
+        def out_sizes() -> list[int]:
+            return [channels * sum(self._out_routes[k][r].numel for k in range(wpp)) for r in range(W)]
+
+        def in_sizes() -> list[int]:
+            return [channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp)) for q in range(W)]
+
+        def others(sizes: list[int]) -> list[int]:  # a rank's own pieces skip the exchange: its split is 0
+            return [0 if r == me else n for r, n in enumerate(sizes)]
+
         # Pieces a rank owns itself never enter the exchange: they are cut into `mine` (phase 2: gathered into
-        # it) and read from there, so the all_to_all carries only other ranks' splits (its own is 0) and gloo
-        # makes no local copy of them.
-        send_sizes = [0 if r == me else channels * sum(self._out_routes[k][r].numel for k in range(wpp))
-                      for r in range(W)]
-        send = torch.empty(sum(send_sizes), dtype=wire, device=self.central.device)
-        mine = torch.empty(channels * sum(self._out_routes[k][me].numel for k in range(wpp)), dtype=wire,
-                           device=self.central.device)
-        offset = 0
-        for r in range(W):
-            buffer, at = (mine, 0) if r == me else (send, offset)
+        # it) and read from there, so gloo makes no local copy of them.
+        sizes = out_sizes()
+        send = torch.empty(sum(others(sizes)), dtype=wire, device=self.central.device)
+        mine = torch.empty(sizes[me], dtype=wire, device=self.central.device)
+        for r, buffer in enumerate(per_rank(send, mine, others(sizes), me)):
+            at = 0
             for k, w in enumerate(self.workers):
                 route = self._out_routes[k][r]
                 for vector, full in local[k]:
                     cut(self.layout, vector, w.index, route, buffer[at:at + route.numel], full=full)
                     at += route.numel
-            if r != me:
-                offset = at
         del local
-        recv_sizes = [0 if q == me else channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp))
-                      for q in range(W)]
-        recv = all_to_all(send, send_sizes, recv_sizes, me, self.counter)
+        recv = all_to_all(send, others(sizes), others(in_sizes()), me, self.counter)
         spare = send if send.dtype == self.central.dtype else None  # bf16's is too narrow to reuse
         del send
         shard = self.plan.shards[me]
-        parts, offset = [], 0
-        for q in range(W):  # every worker, rank-major, as the ranks sent them
-            buffer, at = (mine, 0) if q == me else (recv, offset)
+        parts = []
+        for q, buffer in enumerate(per_rank(recv, mine, others(in_sizes()), me)):  # rank-major, as sent
+            at = 0
             for k in range(wpp):
                 route, chans = self._in_routes[q * wpp + k], []
                 for _ in range(channels):
@@ -528,8 +532,6 @@ class TwISTCore:
                 if bf16:  # undo the change against the round's start, which this rank owns
                     chans[0] = shard.gather_held(self.central, route.index) - chans[0]
                 parts.append(chans)
-            if q != me:
-                offset = at
         self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare)
         del parts
         self.release()  # a gathered central model is stale now
@@ -539,25 +541,18 @@ class TwISTCore:
         self._index_round(blueprints)
         # phase 2: every owner's rows of every worker's new subnet, to the worker's rank
         sources = [self.central] + ([self.central_moments[key] for key in MOMENTS] if carry else [])
-        send_sizes = [0 if q == me else channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp))
-                      for q in range(W)]
-        send = reuse(recv, sum(send_sizes), self.central.dtype)  # phase 1's pieces are averaged: spent
-        mine = reuse(mine, channels * sum(self._in_routes[me * wpp + k].numel for k in range(wpp)),
-                     self.central.dtype)
+        sizes = in_sizes()
+        send = reuse(recv, sum(others(sizes)), self.central.dtype)  # phase 1's pieces are averaged: spent
+        mine = reuse(mine, sizes[me], self.central.dtype)
         del recv
-        offset = 0
-        for q in range(W):
-            buffer, at = (mine, 0) if q == me else (send, offset)
+        for q, buffer in enumerate(per_rank(send, mine, others(sizes), me)):
+            at = 0
             for k in range(wpp):
                 route = self._in_routes[q * wpp + k]
                 for source in sources:
                     shard.gather_held(source, route.index, out=buffer[at:at + route.numel])
                     at += route.numel
-            if q != me:
-                offset = at
-        recv_sizes = [0 if r == me else channels * sum(self._out_routes[k][r].numel for k in range(wpp))
-                      for r in range(W)]
-        recv = all_to_all(send, send_sizes, recv_sizes, me, self.counter, out=spare)
+        recv = all_to_all(send, others(sizes), others(out_sizes()), me, self.counter, out=spare)
         del send, spare
         n_held = sum(s.numel() for s in self.layout.held_shapes(self.all_indices[me * wpp]))
         physical = self.physical_on(me)
@@ -570,9 +565,8 @@ class TwISTCore:
             return self._live if c == 0 and wpp == 1 else recv.new_empty(n_held)
 
         received = [[target(c) for c in range(channels)] for _ in range(wpp)]
-        offset = 0
-        for r in range(W):
-            buffer, at = (mine, 0) if r == me else (recv, offset)
+        for r, buffer in enumerate(per_rank(recv, mine, others(out_sizes()), me)):
+            at = 0
             for k in range(wpp):
                 route, index = self._out_routes[k][r], self.all_indices[me * wpp + k]
                 for c in range(channels):
@@ -582,8 +576,6 @@ class TwISTCore:
                     else:
                         paste(self.layout, received[k][c], index, route, piece)
                     at += route.numel
-            if r != me:
-                offset = at
         del recv, mine
         self._start_round(blueprints, received=received)
 

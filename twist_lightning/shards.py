@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from twist_lightning.workers import CollectiveCounter, Layout, ParamIndex
+from twist_lightning.workers import CollectiveCounter, Layout, ParamIndex, reuse
 
 
 # torch 2.13 deprecates all_gather_into_tensor (with a warning per call) for all_gather_single; older torch
@@ -203,14 +203,12 @@ def all_to_all(send: torch.Tensor, send_sizes: list[int], recv_sizes: list[int],
     return recv
 
 
-def reuse(buffer: torch.Tensor | None, numel: int, dtype: torch.dtype, device: torch.device | None = None
-          ) -> torch.Tensor:
-    """The first ``numel`` elements of ``buffer`` when it is big enough and of ``dtype``, else a new buffer.
 
-    A sync's buffers are hundreds of MB at the GPT-2 shape, and a new one costs its page faults (measured here:
-    filling a fresh 328 MB buffer takes about twice as long as copying into a touched one), so each phase passes
-    its spent buffer on to the next instead of allocating.
-    """
-    if buffer is not None and buffer.dtype == dtype and buffer.numel() >= numel:
-        return buffer[:numel]
-    return torch.empty(numel, dtype=dtype, device=device if buffer is None else buffer.device)
+def per_rank(others: torch.Tensor, mine: torch.Tensor, sizes: list[int], rank: int) -> list[torch.Tensor]:
+    """Every rank's split of an exchange buffer: ``mine`` for ``rank`` itself (its own pieces skip the
+    all_to_all, where its split is 0), consecutive ``sizes`` slices of ``others`` for the rest."""
+    views, offset = [], 0
+    for r, n in enumerate(sizes):
+        views.append(mine if r == rank else others[offset:offset + n])
+        offset += n
+    return views

@@ -402,7 +402,8 @@ def _targets(presets: list[str], rows: list[dict[str, Any]], traffic_rows: list[
     # fp32 central model split over the ranks (1 / world of DDP's weights), the least that holds the values
     # validation, checkpoints and units nobody holds this round need.
     true, ddp = by["true C=none"], next(r for r in by.values() if r["strategy"] == "ddp")
-    out[2]["floor"] = (true["train_state_bytes"] + ddp["param_bytes"] / WORLD) / ddp["rank_total_bytes"]
+    memory = next(t for t in out if "bytes held" in t["name"])
+    memory["floor"] = (true["train_state_bytes"] + ddp["param_bytes"] / WORLD) / ddp["rank_total_bytes"]
     fp32 = [r for name, r in by.items() if r["strategy"] != "ddp" and name.endswith("C=none")]
     worst = max(fp32, key=lambda r: r["comm_ratio"])
     out.append(target(f"{main}: TwIST bytes/step fp32 (C=none, worst variant: {worst['name']}) / DDP's",
