@@ -146,6 +146,20 @@ def test_an_endless_trainer_gets_a_flat_schedule_and_a_warning() -> None:
     assert any("No finite schedule length" in str(w.message) for w in caught) and lam(10_000) == 1.0
 
 
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_mixed_precision_with_clipping_trains_with_the_foreach_adamw(tmp_path: Path, clip: float) -> None:
+    """Lightning refuses to clip a fused AdamW's gradients under mixed precision: the default then uses foreach."""
+    module = TwISTLitModule(model=TINY, lr=1e-2, warmup_steps=1, decay_steps=10)
+    fit = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                    precision="bf16-mixed", gradient_clip_val=clip, default_root_dir=str(tmp_path))
+    before = [p.detach().clone() for p in module.parameters()]
+    fit.fit(module, datamodule=TokenData())
+    assert fit.global_step == 2 and fit.optimizers[0].defaults["fused"] is (clip == 0.0)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
 # ---- checkpoints and the compact vocabulary -----------------------------------------------------------------------
 def test_checkpoint_round_trip_gives_identical_logits_and_vocab(fitted) -> None:
     module, _, data, path = fitted

@@ -115,6 +115,7 @@ TRAIN_CASES = [
     (["module.decay_steps=3"], "module.decay_steps"),  # not after the 5-step warm-up: no decay at all
     (["module.min_lr_ratio=2.0"], "module.min_lr_ratio"),
     (["module.optimizer=lion"], "module.optimizer"),
+    (["module.fused=true", "trainer.precision=bf16-mixed"], "module.fused"),  # Lightning refuses to clip it
     (["twist=masked"], "twist.common"),  # 2 layers, both common by default: nothing to split
     (["twist=masked", "twist.common=none", "twist.sync_every=0"], "twist.sync_every"),
     (["twist=masked", "twist.common=[0]", "twist.n_sub=0.1"], "twist.n_sub"),  # rounds to 0 heads

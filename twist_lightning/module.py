@@ -139,6 +139,17 @@ class TwISTLitModule(L.LightningModule):
         _, loss = self(x, y)
         self.log("test/loss", loss)
 
+    def _clips_under_mixed_precision(self) -> bool:
+        # Lightning's MixedPrecision plugin refuses to clip the gradients of an optimizer that unscales them itself,
+        # which the fused AdamW says it does (even in bf16, where nothing is scaled): fall back to the foreach kernel.
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        plugin = getattr(trainer, "precision_plugin", None)
+        return isinstance(plugin, MixedPrecision) and bool(getattr(trainer, "gradient_clip_val", None))
+
     @override
     def configure_optimizers(self):
         hp = self.hparams
@@ -150,7 +161,8 @@ class TwISTLitModule(L.LightningModule):
         else:
             fused = hp.get("fused")
             if fused is None:
-                fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.model.parameters())
+                fused = (all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.model.parameters())
+                         and not self._clips_under_mixed_precision())
             optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=bool(fused))
         total = hp.decay_steps or self.trainer.estimated_stepping_batches  # inf for an endless trainer
         if total <= 0 or total == math.inf:

@@ -86,6 +86,11 @@ def _check_trainer(trainer: Mapping[str, Any]) -> None:
 
 
 def _check_schedule(module: Mapping[str, Any], trainer: Mapping[str, Any]) -> None:
+    precision, clip = str(trainer.get("precision", "")), trainer.get("gradient_clip_val")
+    if module.get("fused") is True and "mixed" in precision and clip:
+        fail("module.fused", True, f"cannot run with trainer.precision={precision} and trainer.gradient_clip_val="
+             f"{clip}: Lightning refuses to clip the gradients of the fused AdamW under mixed precision",
+             "leave module.fused=null (it then picks the foreach kernel here) or set trainer.gradient_clip_val=0")
     max_steps, warmup = trainer.get("max_steps", -1), module.get("warmup_steps", 0)
     if _is_int(max_steps) and max_steps > 0 and _is_int(warmup) and warmup > max_steps:
         fail("module.warmup_steps", warmup, f"is longer than the run (trainer.max_steps={max_steps}): the learning "
