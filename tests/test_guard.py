@@ -128,6 +128,19 @@ def test_cli_divergence_exits_non_zero_with_valid_json_and_keeps_the_finite_chec
     assert 0 < last["global_step"] <= summary["global_step"] and not non_finite_tensors(last["state_dict"])
 
 
+def test_cli_run_whose_final_perplexity_overflows_exits_non_zero(tmp_path):
+    """lr=30 takes the loss to about 4000 (finite; PPL overflows) or, in some environments, to NaN: either way
+    the run fails naming module.lr, with a strict summary that says it diverged, and no final evaluation."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "twist_lightning.run", "experiment=smoke", "module.lr=30",
+                           "trainer.val_check_interval=2", "final_eval.split=val", f"hydra.run.dir={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    stopped = "DivergenceError" in proc.stderr or "NonFiniteCheckpointError" in proc.stderr
+    assert proc.returncode != 0 and stopped and "module.lr" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["diverged"] is True and not (out / "eval.json").exists()
+
+
 def test_evaluate_reports_a_diverged_model_instead_of_crashing(tmp_path):
     from twist_lightning.evaluation import evaluate_subnets
     from twist_lightning.io import write_json

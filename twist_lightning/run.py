@@ -28,7 +28,7 @@ from twist_lightning.comm import CountingDDPStrategy
 from twist_lightning.config import register_configs
 from twist_lightning.data import TextDataModule
 from twist_lightning.evaluation import evaluate_subnets
-from twist_lightning.guard import DivergenceError, DivergenceGuard
+from twist_lightning.guard import DivergenceError, DivergenceGuard, divergence_hint
 from twist_lightning.io import AtomicCheckpointIO, NonFiniteCheckpointError, write_json
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.module import TwISTLitModule
@@ -260,7 +260,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary.update(subnet_summary(cfg, module.model, dm, trainer.limit_val_batches))
         summary["wall_s"] = round(time.perf_counter() - start, 2)
         write_summary(summary, out_dir)
-        if cfg.final_eval.split is not None and not summary.get("diverged"):
+        if summary.get("diverged"):  # a finite but huge loss (PPL overflows) is no result either: fail, as the guard does
+            raise DivergenceError(f"the run's final numbers are not finite ({', '.join(summary['non_finite'])}; "
+                                  f"val_loss={summary.get('val_loss')}): it diverged although every training loss "
+                                  f"was finite. {divergence_hint(module, trainer)}")
+        if cfg.final_eval.split is not None:
             final_evaluation(cfg, out_dir)
     return summary
 
