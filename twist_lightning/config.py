@@ -99,7 +99,7 @@ class TwISTConfig:
     outer: OuterOptimizer = OuterOptimizer.nesterov  # DiLoCo's outer step on central - average; none: the average
     outer_lr: float = 1.0
     outer_momentum: float = 0.3
-    sync_dtype: SyncDtype = SyncDtype.float32  # bfloat16: values and moments travel as bf16 changes, averaged in fp32
+    sync_dtype: SyncDtype = SyncDtype.float32  # bfloat16: both ways in bf16 (rounded starts, changes back), fp32 average
     shard_central: bool = True  # several processes: each owns 1/world of the central rows; false: one all_gather
     # {from_step: sync interval}, e.g. +twist.schedule='{0:1,100:15}' (the + adds keys to the empty default);
     # empty = sync_every throughout

@@ -104,13 +104,17 @@ class TwISTCore:
         outer_lr: the outer step's learning rate (> 0; DiLoCo uses 0.7 for hundreds of local steps).
         outer_momentum: its momentum ``mu`` in [0, 1) (DiLoCo: 0.9). The buffer lives with the central model and
             is part of :meth:`state_dict`, so a resumed run continues it.
-        sync_dtype: ``"float32"`` or ``"bfloat16"``: the dtype held values (and carried moments) travel in. In
-            bfloat16 a worker sends its *change* since the round began (the central value minus its own, which
-            every rank can undo because every rank holds the central model), so the rounding is relative to what
-            training moved, not to the weights (carried moments travel as they are); averaging is in float32. Half the bytes. With virtual workers the
-            same rounding is applied although nothing travels, so a one-process run measures its effect.
-            Sharded, only the way to the owners is rounded: the next round's rows travel back in float32, since
-            a worker does not know the new central values a bf16 change would be taken against.
+        sync_dtype: ``"float32"`` or ``"bfloat16"``: the dtype held values (and carried moments) travel in, both
+            ways. In bfloat16 a worker starts its round from the central values rounded to bfloat16 (what the
+            owners send back, sharded; the same rounding unsharded), and sends its *change* since then (its start
+            minus its values; every rank can undo it: the start is the rounded central value, which the owner
+            holds exactly). The owner subtracts the change from its exact float32 value, so the central model
+            keeps float32 precision and moves by the holders' average change: the rounding is relative to what
+            training moved, and each round's start is the only place the weights themselves are rounded (as
+            bf16 weights against float32 master weights in mixed-precision training). Carried moments travel as
+            they are, rounded both ways. Averaging is in float32; half the bytes of float32. With virtual
+            workers the same rounding is applied although nothing travels, so a one-process run measures its
+            effect.
         shard_central: with several processes, each rank owns 1/world of the rows of every central parameter (and
             of the outer momentum and carried moments), and a sync is an ``all_to_all`` to the owners and one
             back (:mod:`~twist_lightning.shards`): the central model is identical to the unsharded one, bit for
@@ -336,6 +340,8 @@ class TwISTCore:
                 start = self.layout.gather_held(src, index) if physical else src
                 values = self._live if single else torch.empty_like(start)
                 values.copy_(start)
+                if self.sync_dtype != SyncDtype.float32:  # what a sharded sync's owners would send back
+                    values.copy_(values.to(self.sync_dtype.torch_dtype))
             else:  # sharded: the owners' rows of this worker's new subnet
                 held, moments = received[k][0], received[k][1:] or None
                 if physical:
@@ -374,11 +380,12 @@ class TwISTCore:
                     full = held.new_zeros(self.layout.numel)
                     self.layout.scatter_held(full, index, held)
                     sliced[key] = self.layout.views(full)
+        rounded = self.sync_dtype != SyncDtype.float32  # the moments travel back rounded (sharded: they did)
         for key, flat in ({} if moments is not None else self.central_moments).items():
-            if physical:
-                sliced[key] = self.layout.split_held(self.layout.gather_held(flat, index), index)
-            else:
-                sliced[key] = self.layout.views(flat.clone())
+            part = self.layout.gather_held(flat, index) if physical else flat.clone()
+            if rounded:
+                part.copy_(part.to(self.sync_dtype.torch_dtype))
+            sliced[key] = self.layout.split_held(part, index) if physical else self.layout.views(part)
         for i, p in enumerate(self.model.parameters()):  # the live model, in layout order
             state[p] = {"step": step.clone(), **{key: sliced[key][i].clone() for key in MOMENTS}}
         return state
@@ -542,18 +549,24 @@ class TwISTCore:
         # phase 2: every owner's rows of every worker's new subnet, to the worker's rank
         sources = [self.central] + ([self.central_moments[key] for key in MOMENTS] if carry else [])
         sizes = in_sizes()
-        send = reuse(recv, sum(others(sizes)), self.central.dtype)  # phase 1's pieces are averaged: spent
-        mine = reuse(mine, sizes[me], self.central.dtype)
+        send = reuse(recv, sum(others(sizes)), wire)  # phase 1's pieces are averaged: spent
+        mine = reuse(mine, sizes[me], wire)
         del recv
         for q, buffer in enumerate(per_rank(send, mine, others(sizes), me)):
             at = 0
             for k in range(wpp):
                 route = self._in_routes[q * wpp + k]
                 for source in sources:
-                    shard.gather_held(source, route.index, out=buffer[at:at + route.numel])
+                    piece = buffer[at:at + route.numel]
+                    if bf16:  # rounded on the way: the worker's start, which its next change is taken against
+                        piece.copy_(shard.gather_held(source, route.index))
+                    else:
+                        shard.gather_held(source, route.index, out=piece)
                     at += route.numel
         recv = all_to_all(send, others(sizes), others(out_sizes()), me, self.counter, out=spare)
         del send, spare
+        if bf16:  # pasted into float32 buffers
+            recv, mine = recv.to(self.central.dtype), mine.to(self.central.dtype)
         n_held = sum(s.numel() for s in self.layout.held_shapes(self.all_indices[me * wpp]))
         physical = self.physical_on(me)
 
@@ -626,8 +639,10 @@ class TwISTCore:
         return torch.cat([values, values.new_zeros(values.numel() * len(MOMENTS))])
 
     def _encode(self, w: Worker, held: torch.Tensor) -> torch.Tensor:
-        """A worker's held vector as its change against the reference, in the sync dtype."""
-        return (self._reference(w.index) - held).to(self.sync_dtype.torch_dtype)
+        """A worker's held vector as its change against its round's start (the reference rounded, as the worker
+        received it), in the sync dtype."""
+        wire = self.sync_dtype.torch_dtype
+        return (self._reference(w.index).to(wire).to(held.dtype) - held).to(wire)
 
     def _decode(self, s: int, change: torch.Tensor) -> torch.Tensor:
         """Worker ``s``'s held vector back in float32 from its rounded change (every rank knows every index)."""
