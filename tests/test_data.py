@@ -186,3 +186,68 @@ def test_test_path_is_held_out_and_vocab_extra_counts_for_the_vocabulary(tmp_pat
         make_dm(tmp_path, test_path=str(tmp_path / "missing.txt"))
     with pytest.raises(ValueError, match="data.vocab_extra=.*needs data.vocab_size"):
         make_dm(tmp_path, vocab_extra=[str(wiki / "wiki.valid.raw")])
+
+
+# ---------------------------------------------------------------------- the training order
+
+
+def test_epoch_shuffle_is_a_function_of_seed_and_epoch_only() -> None:
+    sampler = data_mod.EpochShuffle(range(50), seed=7)
+    first = list(sampler)
+    torch.rand(100)  # other draws from the global RNG do not move it
+    assert list(sampler) == first and sorted(first) == list(range(50)) and first != list(range(50))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    assert list(data_mod.EpochShuffle(range(50), seed=8)) != first
+
+
+def _fit_tiny(tmp_path: Path, steps: int, val_every: int | None = None, ckpt_path: str | None = None,
+              callbacks: list | None = None):
+    import lightning as L
+
+    from twist_lightning.module import TwISTLitModule
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(3)
+    module = TwISTLitModule(model=dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64), lr=1e-2,
+                            warmup_steps=1, decay_steps=50)
+    dm = make_dm(tmp_path, source="local", path=str(write_corpus(tmp_path / "c.txt", n_lines=40)), vocab_size=64)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=bool(callbacks), callbacks=callbacks,
+                        num_sanity_val_steps=0, limit_val_batches=1.0 if val_every else 0,
+                        val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def _batches_per_epoch(tmp_path: Path) -> int:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    dm = make_dm(tmp_path, source="local", path=str(write_corpus(tmp_path / "c.txt", n_lines=40)), vocab_size=64)
+    dm.setup("fit")
+    return len(dm.train_dataloader())
+
+
+def test_how_often_a_run_validates_does_not_change_its_training(tmp_path: Path) -> None:
+    """Validation passes draw from the global RNG; the training order (over several epochs) must not follow."""
+    epoch = _batches_per_epoch(tmp_path / "n")
+    steps = 2 * epoch + 3
+    quiet, _ = _fit_tiny(tmp_path / "a", steps)
+    busy, _ = _fit_tiny(tmp_path / "b", steps, val_every=2)
+    for (name, a), b in zip(quiet.state_dict().items(), busy.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_run_resumed_at_an_epoch_boundary_sees_the_same_order(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    epoch = _batches_per_epoch(tmp_path / "n")
+    steps = 2 * epoch + 3
+    straight, _ = _fit_tiny(tmp_path / "a", steps)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=epoch, save_top_k=-1, filename="{step}")
+    _fit_tiny(tmp_path / "b", epoch, callbacks=[ckpt])
+    resumed, _ = _fit_tiny(tmp_path / "c", steps, ckpt_path=str(tmp_path / "ck" / f"step={epoch}.ckpt"))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from twist_lightning.sources import HUB_PROBE_TIMEOUT_S, DataSource, HubUnavailableError, parse_source
 from twist_lightning.token_cache import CACHE_FORMAT, CHUNK_BLOCKS, SPLITS, TOKEN_DTYPE, TokenCache, default_cache_dir
@@ -31,7 +31,7 @@ from twist_lightning.validate import check_count
 from twist_lightning.vocab import CompactVocab, validate_vocab_size
 
 __all__ = ["CACHE_FORMAT", "CHUNK_BLOCKS", "HUB_PROBE_TIMEOUT_S", "SPLITS", "TOKEN_DTYPE", "DataSource",
-           "HubUnavailableError", "TextDataModule", "TokenWindows", "default_cache_dir"]
+           "EpochShuffle", "HubUnavailableError", "TextDataModule", "TokenWindows", "default_cache_dir"]
 
 
 class TokenWindows(Dataset):
@@ -77,6 +77,34 @@ class TokenWindows(Dataset):
         if self._path is not None:
             state["_tokens"] = None  # reopen the memmap in the receiving process
         return state
+
+
+class EpochShuffle(RandomSampler):
+    """A shuffle whose order is a function of ``(seed, epoch)`` alone, as :class:`DistributedSampler`'s is.
+
+    A plain ``shuffle=True`` loader draws each epoch's order from the global torch RNG, which every other
+    iterator also draws from (each validation pass takes a seed from it for its workers). The training order then
+    depended on how often a run validated, and a resumed run (the RNG restarts from the seed) replayed epoch 0's
+    order. Lightning calls :meth:`set_epoch` before each training epoch (also after a resume, with the restored
+    epoch), so neither happens here. It subclasses ``RandomSampler`` so Lightning still sees a shuffled loader and
+    swaps in its ``DistributedSampler`` (the same ``(seed, epoch)`` contract) under DDP.
+
+    Args:
+        data_source: The dataset to draw indices of.
+        seed: The shuffle's seed; epoch ``e`` uses a generator seeded with ``seed + e``.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class TextDataModule(LightningDataModule):
@@ -240,10 +268,17 @@ class TextDataModule(LightningDataModule):
                 f"Fix: use a data.path folder (or hub dataset) with a {split} file."
             )
         workers = self.hparams.num_workers
+        dataset = self.datasets[split]
+        # The run's seed (``seed_everything``; what Lightning's DistributedSampler also uses), fixed for the run:
+        # torch.initial_seed() does not move as the RNG is drawn from.
+        seed = torch.initial_seed() % 2**62
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(dataset, seed) if shuffle else None,
+            # every iterator draws a base seed for its workers; a private generator keeps those draws off the
+            # global RNG that training (dropout, for one) uses
+            generator=torch.Generator().manual_seed(seed),
             # training drops a short last batch: every step then sees the same number of windows, which TwIST's
             # virtual workers (each taking every k-th row) and throughput figures rely on
             drop_last=split == "train" and len(self.datasets[split]) >= self.hparams.batch_size,
