@@ -124,3 +124,19 @@ def test_ratios_are_medians_of_interleaved_pairs(tmp_path: Path) -> None:
     for row in json.loads(out.read_text())["rows"]:
         assert row["time_ratio_min"] <= row["time_ratio"] <= row["time_ratio_max"] and len(row["time_ratios"]) == 3
 
+
+
+def test_strategy_rows_keep_the_wait_for_the_slower_rank_out_of_the_sync(tmp_path: Path) -> None:
+    from twist_lightning.bench.strategy import _row
+
+    def rank(r: int, step: float, wait: list[float], work: list[float]) -> dict:
+        return {"rank": r, "threads": 1, "steps": 8, "times_s": [step] * 4, "sync_times_s": work, "sync_wait_times_s": wait,
+                "state": {"total": 10, "params": 4, "grads": 4, "optimizer": 2}, "bytes": 60, "calls": 4,
+                "received": 30, "syncs": 2, "sharded": True, "central_bytes": 8, "index_bytes": 1}
+
+    # rank 0 is 0.5 s a step faster and waits for rank 1 at both syncs; the sync itself is 0.4 s on both
+    passes = [[rank(0, 1.0, [2.0, 2.0], [0.4, 0.4]), rank(1, 1.5, [0.0, 0.0], [0.4, 0.4])]]
+    row = _row("tiny", "true C=none", "true", passes, warmup=0, sync_every=4)
+    assert row["step_s"] == 1.5 and row["sync_s"] == pytest.approx(0.4)
+    assert row["sync_wait_s"] == pytest.approx(1.0) and row["sync_total_s"] == pytest.approx(1.4)
+    assert row["step_amortized_s"] == pytest.approx(1.5 + 0.4 / 4)  # the wait is in the slower rank's steps
