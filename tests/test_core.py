@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -83,6 +84,16 @@ def test_masked_and_physical_cores_give_the_same_central_model():
     physical, _ = train_core(TwISTCore(variant="true", **kw), data)
     for (name, a), b in zip(masked.named_parameters(), physical.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+
+
+def test_a_sync_records_where_its_time_went():
+    core = TwISTCore(variant="masked", n_sub=2, common="none", sync_every=2, workers_per_process=2)
+    assert core.sync_phases == {}
+    started = time.perf_counter()
+    train_core(core, batches(2))  # one sync, at step 2
+    elapsed = time.perf_counter() - started
+    assert list(core.sync_phases) == ["pack", "exchange", "average", "resample", "start_round"]
+    assert all(t >= 0 for t in core.sync_phases.values()) and sum(core.sync_phases.values()) <= elapsed
 
 
 def test_schedule_sets_the_round_lengths():

@@ -34,6 +34,7 @@ Variants:
 from __future__ import annotations
 
 import copy
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -57,6 +58,20 @@ from twist_lightning.workers import (
 )
 
 MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam/AdamW state that "carry" averages over holders
+
+
+class _PhaseClock:
+    """Wall seconds per phase of one sync (``TwISTCore.sync_phases``): where a sync's time goes. Each call closes
+    the phase that ran since the previous one; a phase that runs twice adds up."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
@@ -176,6 +191,7 @@ class TwISTCore:
         self.rank, self.world_size = 0, 1
         self.round, self.step_in_round, self.steps_done = 0, 0, 0
         self.counter = CollectiveCounter()
+        self.sync_phases: dict[str, float] = {}  # seconds per phase of the last sync (see _PhaseClock)
         self.spec: PartitionSpec | None = None
         self.model: GPT | None = None  # the live model this process trains (full, or a physical slice)
         self.central_model: GPT | None = None
@@ -440,6 +456,7 @@ class TwISTCore:
         if self.plan is not None:
             self._sync_sharded()
             return
+        clock = _PhaseClock()
         carry = self.optimizer_policy == OptimizerState.carry
         local = [w.held(self.layout) for w in self.workers]
         n_held = local[0].numel()
@@ -448,14 +465,21 @@ class TwISTCore:
                      for w, v in zip(self.workers, local)]
         if self.sync_dtype != SyncDtype.float32:
             local = [self._encode(w, h) for w, h in zip(self.workers, local)]
+        clock("pack")
         received = exchange_held(local, self.counter)
+        clock("exchange")
         if self.sync_dtype != SyncDtype.float32:
             received = [self._decode(s, h) for s, h in enumerate(received)]
         parts = [h.split(n_held) for h in received]  # per worker: values(, moments...)
         self._aggregate(self.layout, parts, self.all_indices)
+        clock("average")
         self.round += 1
         self.step_in_round = 0
-        self._start_round(self._draw(self.round, self.steps_done))
+        blueprints = self._draw(self.round, self.steps_done)
+        clock("resample")
+        self._start_round(blueprints)
+        clock("start_round")
+        self.sync_phases = clock.phases
 
     def _aggregate(self, layout: Layout, parts: list, indices: list[dict], scratch: torch.Tensor | None = None
                    ) -> None:
@@ -485,6 +509,7 @@ class TwISTCore:
         send buffer is the averaging scratch and phase 2's receive buffer; phase 1's receive buffer is phase 2's
         send buffer), so a sync allocates three of them (send, receive, own pieces) rather than six.
         """
+        clock = _PhaseClock()
         carry = self.optimizer_policy == OptimizerState.carry
         bf16 = self.sync_dtype != SyncDtype.float32
         wire = self.sync_dtype.torch_dtype if bf16 else self.central.dtype
@@ -524,7 +549,9 @@ class TwISTCore:
                     cut(self.layout, vector, w.index, route, buffer[at:at + route.numel], full=full)
                     at += route.numel
         del local
+        clock("pack")
         recv = all_to_all(send, others(sizes), others(in_sizes()), me, self.counter)
+        clock("exchange")
         spare = send if send.dtype == self.central.dtype else None  # bf16's is too narrow to reuse
         del send
         shard = self.plan.shards[me]
@@ -541,11 +568,13 @@ class TwISTCore:
                 parts.append(chans)
         self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare)
         del parts
+        clock("average")
         self.release()  # a gathered central model is stale now
         self.round += 1
         self.step_in_round = 0
         blueprints = self._draw(self.round, self.steps_done)
         self._index_round(blueprints)
+        clock("resample")
         # phase 2: every owner's rows of every worker's new subnet, to the worker's rank
         sources = [self.central] + ([self.central_moments[key] for key in MOMENTS] if carry else [])
         sizes = in_sizes()
@@ -563,7 +592,9 @@ class TwISTCore:
                     else:
                         shard.gather_held(source, route.index, out=piece)
                     at += route.numel
+        clock("pack_back")
         recv = all_to_all(send, others(sizes), others(out_sizes()), me, self.counter, out=spare)
+        clock("exchange_back")
         del send, spare
         if bf16:  # pasted into float32 buffers
             recv, mine = recv.to(self.central.dtype), mine.to(self.central.dtype)
@@ -590,7 +621,10 @@ class TwISTCore:
                         paste(self.layout, received[k][c], index, route, piece)
                     at += route.numel
         del recv, mine
+        clock("paste")
         self._start_round(blueprints, received=received)
+        clock("start_round")
+        self.sync_phases = clock.phases
 
     # ---- the whole central model (sharded: on demand) ---------------------------------------------------------------
     def materialize(self, keep: bool = False) -> GPT:

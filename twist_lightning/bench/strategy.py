@@ -108,6 +108,7 @@ class TimedTwISTStrategy(TwISTStrategy):
         super().__init__(**kwargs)
         self.sync_times: list[float] = []
         self.sync_wait_times: list[float] = []
+        self.sync_phases: list[dict[str, float]] = []  # per sync: seconds per phase (TwISTCore.sync_phases)
         untimed = self.core.sync
 
         def timed() -> None:
@@ -118,6 +119,7 @@ class TimedTwISTStrategy(TwISTStrategy):
             start = time.perf_counter()
             untimed()
             self.sync_times.append(time.perf_counter() - start)
+            self.sync_phases.append(dict(self.core.sync_phases))
 
         self.core.sync = timed
 
@@ -183,6 +185,7 @@ class RankProbe(L.Callback):
             # sharded bf16: each worker's held values at the round's start (what its change is taken against)
             "reference_bytes": _tensor_bytes(w.start for w in getattr(s, "workers", []) if w.start is not None),
             "sync_times_s": getattr(s, "sync_times", []), "sync_wait_times_s": getattr(s, "sync_wait_times", []),
+            "sync_phases_s": getattr(s, "sync_phases", []),
         }
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
@@ -245,6 +248,13 @@ def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]],
     step_s = statistics.median(step_medians)
     sync_s = statistics.median(syncs) if syncs else 0.0
     waits = [t for ranks in passes for r in ranks for t in r.get("sync_wait_times_s", [])]
+    # per phase of the sync: the median over ranks and syncs (phases run in order, so they sum to about sync_s)
+    phase_times: dict[str, list[float]] = {}
+    for ranks in passes:
+        for r in ranks:
+            for phases in r.get("sync_phases_s", []):
+                for name, t in phases.items():
+                    phase_times.setdefault(name, []).append(t)
     totals = [w + t for ranks in passes for r in ranks for w, t in zip(r.get("sync_wait_times_s", []),
                                                                          r["sync_times_s"])]
     r0, steps = last[0], last[0]["steps"]
@@ -266,6 +276,7 @@ def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]],
         "steps": steps, "step_s": step_s, "step_s_per_pass": step_medians, "sync_s": sync_s,
         "sync_wait_s": statistics.median(waits) if waits else 0.0,
         "sync_total_s": statistics.median(totals) if totals else sync_s,
+        "sync_phases_s": {name: statistics.median(ts) for name, ts in phase_times.items()},
         "step_amortized_s": step_s + (sync_s / sync_every if variant else 0.0),
         "sharded": bool(r0.get("sharded", False)),
         "bytes_total": r0["bytes"], "collective_calls": r0["calls"], "bytes_per_sync": per_sync,
@@ -469,6 +480,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = run(presets, steps=args.steps, warmup=args.warmup, repeats=args.repeats, sync_every=args.sync_every,
                  n_sub=args.n_sub, seed=args.seed, with_traffic=not args.no_traffic)
     print(format_report(report, COLUMNS))
+    phased = [r for r in report["rows"] if r.get("sync_phases_s")]
+    if phased:  # where each variant's sync goes, in the order the phases run
+        print("sync phases, median seconds:")
+        for r in phased:
+            print(f"  {r['name']}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["sync_phases_s"].items()))
     if report["config"]["traffic"]:
         print(format_table(report["config"]["traffic"], ["workers", "run", "sent_per_sync", "received_per_sync",
                                                          "received_over_model", "unsharded_received_over_model"]))
