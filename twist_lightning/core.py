@@ -34,6 +34,7 @@ Variants:
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -325,15 +326,21 @@ class TwISTCore:
         n_sub = 1.0 if self._round_warm else self.n_sub  # the warm start trains full subnets: data-parallel
         return sample_blueprints(self.spec, self.num_subnets, n_sub, self.seed, round)
 
-    def _index_round(self, blueprints: list[Blueprint]) -> None:
-        """Every worker's parameter index for ``blueprints`` (and, sharded, how they meet the shards)."""
+    def _routes(self, blueprints: list[Blueprint]) -> tuple[list[dict], list[list], list]:
+        """Every worker's parameter index for ``blueprints`` and, sharded, how they meet the shards: this rank's
+        workers' routes to every owner, and every worker's route into this rank's shard (both ``[]`` unsharded)."""
+        indices = [param_index(self.central_model.config, bp, self.central.device) for bp in blueprints]
+        if self.plan is None:
+            return indices, self._out_routes, self._in_routes
+        first = self.rank * self.workers_per_process
+        out = [[self.plan.route(indices[first + k], r) for r in range(self.world_size)]
+               for k in range(self.workers_per_process)]
+        return indices, out, [self.plan.route(index, self.rank) for index in indices]
+
+    def _index_round(self, blueprints: list[Blueprint], routes: tuple | None = None) -> None:
+        """Install ``blueprints`` with their :meth:`_routes` (``routes``: already computed for them)."""
         self.blueprints = blueprints
-        self.all_indices = [param_index(self.central_model.config, bp, self.central.device) for bp in blueprints]
-        if self.plan is not None:
-            first = self.rank * self.workers_per_process
-            self._out_routes = [[self.plan.route(self.all_indices[first + k], r) for r in range(self.world_size)]
-                                for k in range(self.workers_per_process)]
-            self._in_routes = [self.plan.route(index, self.rank) for index in self.all_indices]
+        self.all_indices, self._out_routes, self._in_routes = routes or self._routes(blueprints)
 
     def _start_round(self, blueprints: list[Blueprint], source: torch.Tensor | None = None,
                      received: list[list[torch.Tensor]] | None = None) -> None:
@@ -507,7 +514,8 @@ class TwISTCore:
         A masked worker's values are cut from and pasted into its full-size buffer in place (no held copy), a
         rank's pieces of its own shard skip the exchange, and each phase hands its spent buffers on (phase 1's
         send buffer is the averaging scratch and phase 2's receive buffer; phase 1's receive buffer is phase 2's
-        send buffer), so a sync allocates three of them (send, receive, own pieces) rather than six.
+        send buffer), so a sync makes three of them (send, receive, own pieces) rather than six, each once: the
+        next round's sizes are known before phase 1, so each is made big enough for every phase it serves.
         """
         clock = _PhaseClock()
         carry = self.optimizer_policy == OptimizerState.carry
@@ -527,20 +535,35 @@ class TwISTCore:
             local.append(chans)
 
         # Per rank: what the local workers send it (out) and what its workers send here (in), every channel.
-        def out_sizes() -> list[int]:
-            return [channels * sum(self._out_routes[k][r].numel for k in range(wpp)) for r in range(W)]
+        def out_sizes(routes: list[list]) -> list[int]:
+            return [channels * sum(routes[k][r].numel for k in range(wpp)) for r in range(W)]
 
-        def in_sizes() -> list[int]:
-            return [channels * sum(self._in_routes[q * wpp + k].numel for k in range(wpp)) for q in range(W)]
+        def in_sizes(routes: list) -> list[int]:
+            return [channels * sum(routes[q * wpp + k].numel for k in range(wpp)) for q in range(W)]
 
         def others(sizes: list[int]) -> list[int]:  # a rank's own pieces skip the exchange: its split is 0
             return [0 if r == me else n for r, n in enumerate(sizes)]
 
-        # Pieces a rank owns itself never enter the exchange: they are cut into `mine` (phase 2: gathered into
+        # The next round's blueprints depend on the seed and the round only, so phase 2's sizes are known now and
+        # each buffer is made once, big enough for every phase it serves: a buffer made anew when a later phase
+        # outgrows it costs its page faults, on a virtual machine most of an exchange's time (measured here: a
+        # 156 MB all_to_all takes 0.18 s into a touched buffer, 0.3-1.3 s into a fresh one).
+        warm = self._round_warm
+        blueprints = self._draw(self.round + 1, self.steps_done)
+        next_warm, self._round_warm = self._round_warm, warm  # this round's aggregation still needs its own
+        routes = self._routes(blueprints)
+        out_1, in_1 = out_sizes(self._out_routes), in_sizes(self._in_routes)
+        out_2, in_2 = out_sizes(routes[1]), in_sizes(routes[2])
+        # send (phase 1) -> the averages' scratch -> receive (phase 2); receive (phase 1) -> send (phase 2); and
+        # the pieces a rank owns itself, which never enter the exchange: cut into `mine` (phase 2: gathered into
         # it) and read from there, so gloo makes no local copy of them.
-        sizes = out_sizes()
-        send = torch.empty(sum(others(sizes)), dtype=wire, device=self.central.device)
-        mine = torch.empty(sizes[me], dtype=wire, device=self.central.device)
+        reused = not bf16  # bf16's wire buffers are too narrow to be the scratch or a float32 receive buffer
+        largest = max(shape.numel() for shape in self.plan.shards[me].shapes) if reused else 0
+        new = functools.partial(torch.empty, dtype=wire, device=self.central.device)
+        send_buffer = new(max([sum(others(out_1)), *((largest, sum(others(out_2))) if reused else ())]))
+        recv_buffer = new(max(sum(others(in_1)), sum(others(in_2))))
+        mine_buffer = new(max(out_1[me], in_2[me]))
+        sizes, send, mine = out_1, send_buffer[:sum(others(out_1))], mine_buffer[:out_1[me]]
         for r, buffer in enumerate(per_rank(send, mine, others(sizes), me)):
             at = 0
             for k, w in enumerate(self.workers):
@@ -550,13 +573,13 @@ class TwISTCore:
                     at += route.numel
         del local
         clock("pack")
-        recv = all_to_all(send, others(sizes), others(in_sizes()), me, self.counter)
+        recv = all_to_all(send, others(sizes), others(in_1), me, self.counter, out=recv_buffer)
         clock("exchange")
-        spare = send if send.dtype == self.central.dtype else None  # bf16's is too narrow to reuse
-        del send
+        spare = send_buffer if reused else None  # made big enough for the scratch and phase 2's receive
+        del send, send_buffer
         shard = self.plan.shards[me]
         parts = []
-        for q, buffer in enumerate(per_rank(recv, mine, others(in_sizes()), me)):  # rank-major, as sent
+        for q, buffer in enumerate(per_rank(recv, mine, others(in_1), me)):  # rank-major, as sent
             at = 0
             for k in range(wpp):
                 route, chans = self._in_routes[q * wpp + k], []
@@ -572,15 +595,15 @@ class TwISTCore:
         self.release()  # a gathered central model is stale now
         self.round += 1
         self.step_in_round = 0
-        blueprints = self._draw(self.round, self.steps_done)
-        self._index_round(blueprints)
+        self._round_warm = next_warm
+        self._index_round(blueprints, routes)
         clock("resample")
         # phase 2: every owner's rows of every worker's new subnet, to the worker's rank
         sources = [self.central] + ([self.central_moments[key] for key in MOMENTS] if carry else [])
-        sizes = in_sizes()
-        send = reuse(recv, sum(others(sizes)), wire)  # phase 1's pieces are averaged: spent
-        mine = reuse(mine, sizes[me], wire)
-        del recv
+        sizes = in_2
+        send = reuse(recv_buffer, sum(others(sizes)), wire)  # phase 1's pieces are averaged: spent
+        mine = reuse(mine_buffer, sizes[me], wire)
+        del recv, recv_buffer, mine_buffer
         for q, buffer in enumerate(per_rank(send, mine, others(sizes), me)):
             at = 0
             for k in range(wpp):
@@ -593,7 +616,7 @@ class TwISTCore:
                         shard.gather_held(source, route.index, out=piece)
                     at += route.numel
         clock("pack_back")
-        recv = all_to_all(send, others(sizes), others(out_sizes()), me, self.counter, out=spare)
+        recv = all_to_all(send, others(sizes), others(out_2), me, self.counter, out=spare)
         clock("exchange_back")
         del send, spare
         if bf16:  # pasted into float32 buffers
@@ -609,7 +632,7 @@ class TwISTCore:
             return self._live if c == 0 and wpp == 1 else recv.new_empty(n_held)
 
         received = [[target(c) for c in range(channels)] for _ in range(wpp)]
-        for r, buffer in enumerate(per_rank(recv, mine, others(out_sizes()), me)):
+        for r, buffer in enumerate(per_rank(recv, mine, others(out_2), me)):
             at = 0
             for k in range(wpp):
                 route, index = self._out_routes[k][r], self.all_indices[me * wpp + k]
