@@ -454,6 +454,8 @@ def _config(presets, settings, sync_every, n_sub, seed) -> dict[str, Any]:
                     "torchrun-style worker (Lightning's TorchElasticEnvironment)",
         "sync_every": sync_every, "n_sub": n_sub, "partitioned": "all", "seed": seed, "optimizer": "adamw",
         "dtype": "float32",
+        # PyTorch's own switch: tensors of 2 MB and more on transparent huge pages (read once, at a rank's start)
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "note": (f"{WORLD} ranks share this machine's {os.cpu_count()} cores (threads per rank in rows[].per_rank); "
                  "bytes are payload handed to collectives, not wire traffic; TwIST bytes/step = measured bytes per "
                  "sync / sync_every; times are medians after warm-up on a possibly shared machine; DDP's gradient "
@@ -469,6 +471,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: per preset)")
     parser.add_argument("--sync-every", type=int, default=15)
     parser.add_argument("--n-sub", type=float, default=0.5)
+    parser.add_argument("--thp", action="store_true",
+                        help="run the ranks with THP_MEM_ALLOC_ENABLE=1 (PyTorch backs tensors of 2 MB and more "
+                             "with transparent huge pages: fewer page faults in a sync's fresh buffers)")
     parser.add_argument("--no-traffic", action="store_true",
                         help="skip the bytes-per-rank table for S = 2, 3, 4 processes (and 8, 64, 512 computed)")
     parser.set_defaults(warmup=None, repeats=None)  # per preset unless given
@@ -477,6 +482,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [p for p in presets if p not in PRESETS]
     if unknown or not presets:
         parser.error(f"--preset {args.preset!r}: choose among {sorted(PRESETS)}")
+    if args.thp:  # the spawned ranks start new interpreters, which read it at their first allocation
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     report = run(presets, steps=args.steps, warmup=args.warmup, repeats=args.repeats, sync_every=args.sync_every,
                  n_sub=args.n_sub, seed=args.seed, with_traffic=not args.no_traffic)
     print(format_report(report, COLUMNS))
