@@ -125,12 +125,12 @@ def test_ratios_are_medians_of_interleaved_pairs(tmp_path: Path) -> None:
         assert row["time_ratio_min"] <= row["time_ratio"] <= row["time_ratio_max"] and len(row["time_ratios"]) == 3
 
 
-
 def test_strategy_rows_keep_the_wait_for_the_slower_rank_out_of_the_sync(tmp_path: Path) -> None:
     from twist_lightning.bench.strategy import _row
 
     def rank(r: int, step: float, wait: list[float], work: list[float]) -> dict:
-        return {"rank": r, "threads": 1, "steps": 8, "times_s": [step] * 4, "sync_times_s": work, "sync_wait_times_s": wait,
+        return {"rank": r, "threads": 1, "steps": 8, "times_s": [step] * 4, "sync_times_s": work,
+                "sync_wait_times_s": wait,
                 "state": {"total": 10, "params": 4, "grads": 4, "optimizer": 2}, "bytes": 60, "calls": 4,
                 "received": 30, "syncs": 2, "sharded": True, "central_bytes": 8, "index_bytes": 1}
 

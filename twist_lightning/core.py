@@ -212,7 +212,6 @@ class TwISTCore:
         self.optimizers: list[Optimizer] = []
         self._live: torch.Tensor | None = None
         self._pending: dict[str, Any] | None = None
-        self._round_warm = False  # whether the current round is a warm-start (synchronous, full) round
 
     # ---- settings -------------------------------------------------------------------------------------------------
     @property
@@ -321,9 +320,14 @@ class TwISTCore:
         """The optimizers' parameters in order (the keys of every worker's optimizer state)."""
         return [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
 
+    @property
+    def _round_warm(self) -> bool:
+        """Whether the current round is a warm-start (synchronous, full) round: it started before ``warm_start``."""
+        return self.steps_done - self.step_in_round < self.warm_start
+
     def _draw(self, round: int, round_start: int) -> list[Blueprint]:
-        self._round_warm = round_start < self.warm_start
-        n_sub = 1.0 if self._round_warm else self.n_sub  # the warm start trains full subnets: data-parallel
+        # the warm start trains full subnets: data-parallel
+        n_sub = 1.0 if round_start < self.warm_start else self.n_sub
         return sample_blueprints(self.spec, self.num_subnets, n_sub, self.seed, round)
 
     def _routes(self, blueprints: list[Blueprint]) -> tuple[list[dict], list[list], list]:
@@ -331,7 +335,7 @@ class TwISTCore:
         workers' routes to every owner, and every worker's route into this rank's shard (both ``[]`` unsharded)."""
         indices = [param_index(self.central_model.config, bp, self.central.device) for bp in blueprints]
         if self.plan is None:
-            return indices, self._out_routes, self._in_routes
+            return indices, [], []
         first = self.rank * self.workers_per_process
         out = [[self.plan.route(indices[first + k], r) for r in range(self.world_size)]
                for k in range(self.workers_per_process)]
@@ -548,9 +552,7 @@ class TwISTCore:
         # each buffer is made once, big enough for every phase it serves: a buffer made anew when a later phase
         # outgrows it costs its page faults, on a virtual machine most of an exchange's time (measured here: a
         # 156 MB all_to_all takes 0.18 s into a touched buffer, 0.3-1.3 s into a fresh one).
-        warm = self._round_warm
         blueprints = self._draw(self.round + 1, self.steps_done)
-        next_warm, self._round_warm = self._round_warm, warm  # this round's aggregation still needs its own
         routes = self._routes(blueprints)
         out_1, in_1 = out_sizes(self._out_routes), in_sizes(self._in_routes)
         out_2, in_2 = out_sizes(routes[1]), in_sizes(routes[2])
@@ -595,7 +597,6 @@ class TwISTCore:
         self.release()  # a gathered central model is stale now
         self.round += 1
         self.step_in_round = 0
-        self._round_warm = next_warm
         self._index_round(blueprints, routes)
         clock("resample")
         # phase 2: every owner's rows of every worker's new subnet, to the worker's rank
