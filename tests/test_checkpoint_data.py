@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +42,26 @@ def test_another_corpus_is_remapped_through_the_vocab(tmp_path: Path) -> None:
     assert collect_batches(dm, "val", max_batches=0, batch_tokens=48, device=torch.device("cpu")) == []
     with pytest.raises(ValueError, match="split='train' must be 'val' or 'test'"):
         collect_batches(dm, "train", 1, 48, torch.device("cpu"))
+
+
+def test_another_corpus_is_encoded_whole_through_a_byte_fallback_vocab(tmp_path: Path) -> None:
+    saved = {**_saved(tmp_path), "vocab_size": 300, "byte_fallback": True}
+    own, remap = build_datamodule(saved, {}, 300, 32, None)
+    vocab = own.vocab
+    assert not remap and vocab.byte_fallback
+    vocab.save(tmp_path / "vocab.json")  # stands in for the checkpoint, which holds the same vocabulary
+    other = write_corpus(tmp_path / "other.txt", n_lines=300, start=5000, tag=" quokka")
+    dm, remap = build_datamodule(saved, {"path": str(other)}, vocab.size, 32, vocab, str(tmp_path / "vocab.json"))
+    assert not remap and dm.vocab == vocab  # encoded as a stream when cached, never window by window
+    gpt2, _ = build_datamodule({**saved, "vocab_size": None, "byte_fallback": False}, {"path": str(other)}, 50257,
+                               32, None)
+    for split in ("train", "val"):
+        expected = vocab.encode(np.asarray(gpt2.datasets[split].tokens))
+        np.testing.assert_array_equal(np.asarray(dm.datasets[split].tokens), expected)
+    batches = collect_batches(dm, "val", max_batches=2, batch_tokens=48, device=torch.device("cpu"))
+    assert batches and all(int(y.max()) < vocab.unk_id for _, y in batches)
+    with pytest.raises(ValueError, match="byte-fallback vocabulary encodes whole token streams"):
+        build_datamodule(saved, {"path": str(other)}, vocab.size, 32, vocab)
 
 
 def test_calibration_windows_come_from_the_training_split(tmp_path: Path) -> None:

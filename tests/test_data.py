@@ -188,6 +188,29 @@ def test_test_path_is_held_out_and_vocab_extra_counts_for_the_vocabulary(tmp_pat
         make_dm(tmp_path, vocab_extra=[str(wiki / "wiki.valid.raw")])
 
 
+def test_byte_fallback_vocabulary_loses_no_test_token(tmp_path: Path) -> None:
+    wiki = Path(corpus_path("wikitext-2-raw"))
+    settings = dict(block_size=32, vocab_size=300, test_path=str(wiki / "wiki.test.raw"))
+    unk = make_dm(tmp_path, **settings)
+    unk.setup("fit")
+    dm = make_dm(tmp_path, **settings, byte_fallback=True)
+    dm.setup("fit")
+    assert dm.vocab.byte_fallback and dm.cache_path != unk.cache_path and dm.model_vocab_size == 300
+    test = np.asarray(dm.datasets["test"].tokens)
+    assert (np.asarray(unk.datasets["test"].tokens) == unk.vocab.unk_id).mean() > 0.3  # 299 ids lose a lot
+    assert not (test == dm.vocab.unk_id).any() and len(test) > unk.datasets["test"].num_tokens
+    # the cached stream decodes to the test text exactly
+    text = (wiki / "wiki.test.raw").read_text(encoding="utf-8")
+    assert gpt2_encoding().decode(dm.vocab.decode(test).tolist()) == text
+    with pytest.raises(ValueError, match="data.byte_fallback=true needs a compact vocabulary"):
+        make_dm(tmp_path, byte_fallback=True)
+    with pytest.raises(ValueError, match="data.vocab_size=258 is too small for data.byte_fallback=true"):
+        make_dm(tmp_path, vocab_size=258, byte_fallback=True)
+    unk.vocab.save(tmp_path / "plain.json")
+    with pytest.raises(ValueError, match="data.byte_fallback=true but data.vocab_from=.*without byte fallback"):
+        make_dm(tmp_path, vocab_from=str(tmp_path / "plain.json"), byte_fallback=True)
+
+
 # ---------------------------------------------------------------------- the training order
 
 

@@ -11,7 +11,8 @@ import torch
 from twist_lightning.blueprints import PartitionSpec
 from twist_lightning.dense_export import export_subnet
 from twist_lightning.hf_export import export_hf
-from twist_lightning.hf_tokenizer import DECODING_NOTE, bytes_to_unicode, gpt2_vocab_and_merges, recover_merges
+from twist_lightning.hf_tokenizer import (DECODING_NOTE, build_hf_tokenizer, bytes_to_unicode, gpt2_vocab_and_merges,
+                                         recover_merges)
 from twist_lightning.model import GPT, GPTConfig
 from twist_lightning.selection import random_blueprint
 from twist_lightning.sampling import sample
@@ -80,3 +81,26 @@ def test_a_compact_vocabulary_export_says_how_to_decode(tmp_path):
     note = (folder / DECODING_NOTE).read_text()
     assert "64 ids" in note and "keep_ids" in note and "twist_lightning.generate ticket=" in note
     assert CompactVocab.load(folder / "vocab.json") == vocab and not (folder / "tokenizer.json").exists()
+
+
+def test_a_byte_fallback_export_says_how_to_spell_left_out_tokens(tmp_path):
+    pytest.importorskip("transformers")
+    import re
+
+    import numpy as np
+
+    from twist_lightning.tokenizer import gpt2_encoding
+
+    enc = gpt2_encoding()
+    vocab = CompactVocab.from_counts(np.bincount(enc.encode_ordinary("Hello there, Hello"), minlength=50257), 300,
+                                     byte_fallback=True)
+    _, folder = _ticket(tmp_path, vocab.size, vocab)
+    note = (folder / DECODING_NOTE).read_text()
+    assert "single-byte" in note and f"Id {vocab.unk_id} is never produced" in note
+    # the note's encoding lines give the ids twist-lightning's own encoder gives
+    code = re.search(r"(bs = .*?\nids = .*?)\n", note, re.S).group(1).replace('"Hello"', "TEXT")
+    text = "Hello quokka — naïve"
+    scope = {"gpt2_tokenizer": build_hf_tokenizer(), "TEXT": text,
+             "to_compact": {int(g): i for i, g in enumerate(vocab.keep_ids)}}
+    exec(code, scope)
+    assert scope["ids"] == vocab.encode(np.array(enc.encode_ordinary(text))).tolist()

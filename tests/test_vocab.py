@@ -92,3 +92,48 @@ def test_out_of_range_ids_raise() -> None:
         vocab.decode(torch.tensor([3]))
     with pytest.raises(ValueError, match="duplicates"):
         CompactVocab([1, 1])
+
+
+# ---------------------------------------------------------------------- byte fallback
+
+def test_byte_fallback_spells_left_out_tokens_by_their_bytes_and_round_trips_text() -> None:
+    from twist_lightning.tokenizer import EOT_ID, gpt2_encoding
+    from twist_lightning.vocab import byte_token_ids
+
+    enc = gpt2_encoding()
+    counts = _counts(enc.encode_ordinary("the cat sat on the mat, the end."))
+    vocab = CompactVocab.from_counts(counts, size=300, byte_fallback=True)
+    # the 256 byte tokens first (compact id = byte value), then <|endoftext|>, then the most frequent others
+    assert vocab.keep_ids[:256].tolist() == byte_token_ids().tolist() and vocab.keep_ids[256] == EOT_ID
+    assert vocab.keep_ids[257] == enc.encode_single_token(" the")  # twice in the text, the others once
+    text = "the cat — naïve 日本語 quokka<|endoftext|>the end\n"
+    ids = np.array(enc.encode(text, allowed_special="all"))
+    out = vocab.encode(ids)
+    assert out.ndim == 1 and len(out) > len(ids) and out.max() < vocab.size - 1  # no unknown id, ever
+    assert enc.decode(vocab.decode(out).tolist()) == text  # exact: bytes spell the left-out tokens
+    # kept tokens keep one id each; a left-out token becomes exactly its bytes' ids (= byte values here)
+    quokka = enc.encode_ordinary(" quokka")
+    spelled = vocab.encode(np.array(quokka))
+    assert len(quokka) > 1 and spelled.tolist() == list(b" quokka")
+    assert vocab.encode(np.array([enc.encode_single_token(b"\xe6")])).tolist() == [0xE6]
+    tensor = vocab.encode(torch.tensor(ids))
+    assert isinstance(tensor, torch.Tensor) and tensor.tolist() == out.tolist()
+    assert vocab.encode(np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_byte_fallback_state_and_errors(tmp_path) -> None:
+    counts = _counts([5, 5, 7])
+    vocab = CompactVocab.from_counts(counts, size=300, byte_fallback=True)
+    plain = CompactVocab.from_counts(counts, size=300)
+    assert vocab != plain and "byte_fallback" not in plain.state_dict()  # old files read the same
+    vocab.save(tmp_path / "vocab.json")
+    loaded = CompactVocab.load(tmp_path / "vocab.json")
+    assert loaded == vocab and loaded.byte_fallback
+    with pytest.raises(ValueError, match="encodes 1-D token streams; got shape \\(2, 2\\)"):
+        vocab.encode(np.array([[5, 7], [7, 5]]))
+    with pytest.raises(ValueError, match="data.vocab_size=258 is too small for byte fallback"):
+        CompactVocab.from_counts(counts, size=258, byte_fallback=True)
+    with pytest.raises(ValueError, match="must keep the 256 single-byte GPT-2 tokens"):
+        CompactVocab(list(range(300)), byte_fallback=True)
+    with pytest.raises(ValueError, match="GPT-2 ids"):
+        vocab.encode(np.array([GPT2_VOCAB_SIZE]))

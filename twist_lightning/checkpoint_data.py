@@ -8,6 +8,7 @@ draws the *training*-split windows post-training pruning calibrates on.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,8 +51,18 @@ def build_datamodule(saved: dict[str, Any], overrides: dict[str, Any], model_voc
     # gives the same ids without the file it came from
     given = hp.pop("vocab_from", None)
     remap = vocab is not None and (new_corpus or not saved or given is not None)
+    if remap and vocab.byte_fallback:
+        # byte fallback changes a stream's length, so the corpus is encoded with the saved vocabulary as it is
+        # cached (the checkpoint names it), not window by window
+        if not Path(checkpoint).exists():
+            raise ValueError(f"checkpoint={checkpoint!r}: its byte-fallback vocabulary encodes whole token streams, "
+                             "which needs the checkpoint's path to read it from. Fix: pass the checkpoint file.")
+        hp["vocab_from"], remap = checkpoint, False
+        hp.pop("vocab_extra", None)  # counts for building a vocabulary; this one is given
     if vocab is None:
         hp["vocab_size"] = None if model_vocab_size == GPT2_VOCAB_SIZE else model_vocab_size
+    elif "vocab_from" in hp:
+        hp["vocab_size"] = vocab.size
     else:
         hp["vocab_size"] = None if remap else vocab.size
     dm = TextDataModule(**hp)

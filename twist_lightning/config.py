@@ -59,6 +59,7 @@ class DataConfig:
     vocab_from: Optional[str] = None  # encode with this compact vocabulary (vocab.json, checkpoint, export folder)
     test_path: Optional[str] = None  # a text file held out as the test split (evaluated on, never trained on)
     vocab_extra: list[str] = field(default_factory=list)  # more training text counted for the compact vocabulary
+    byte_fallback: bool = False  # the compact vocabulary spells the tokens it leaves out by their bytes (no unknown id)
     cache_dir: Optional[str] = None
     num_workers: int = 0
     num_proc: int = 2

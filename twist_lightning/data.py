@@ -126,6 +126,8 @@ class TextDataModule(LightningDataModule):
             ``wiki.test.raw`` beside its ``wiki.valid.raw`` as training text; only ever evaluated on.
         vocab_extra: More training text files counted when the compact vocabulary is built (a vocabulary shared
             by a pretraining and a fine-tuning corpus, built from training text only).
+        byte_fallback: The compact vocabulary spells the tokens it leaves out by their bytes (no unknown id, so no
+            test token is lost; streams get a little longer) instead of mapping them to one unknown id.
         vocab_from: Encode with a given compact vocabulary instead: a ``vocab.json``, a twist-lightning checkpoint
             or an exported folder (fine-tuning a pretrained model on new text keeps its ids). ``vocab_size`` must
             then be ``None`` or its size.
@@ -153,6 +155,7 @@ class TextDataModule(LightningDataModule):
         vocab_from: str | None = None,
         test_path: str | None = None,
         vocab_extra: Sequence[str] = (),
+        byte_fallback: bool = False,
         cache_dir: str | None = None,
         num_workers: int = 0,
         num_proc: int = 2,
@@ -166,10 +169,12 @@ class TextDataModule(LightningDataModule):
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         _check_extra_files(self.source, test_path, vocab_extra, vocab_size, vocab_from)
         given = _given_vocab(vocab_from, vocab_size)
+        _check_byte_fallback(bool(byte_fallback), vocab_size, given, vocab_from)
         self.cache = TokenCache(source=self.source, path=path, hub_name=hub_name, hub_config=hub_config,
                                 block_size=block_size, val_fraction=val_fraction, seed=seed,
                                 vocab_size=given.size if given is not None else vocab_size, root=self.cache_root,
-                                vocab=given, test_path=test_path, vocab_extra=tuple(vocab_extra))
+                                vocab=given, test_path=test_path, vocab_extra=tuple(vocab_extra),
+                                byte_fallback=bool(byte_fallback))
         self.vocab: CompactVocab | None = None
         self.datasets: dict[str, TokenWindows] = {}
         self._restored_vocab: CompactVocab | None = None
@@ -306,6 +311,24 @@ def _check_extra_files(source: DataSource, test_path: str | None, vocab_extra: S
     if vocab_extra and (vocab_size is None or vocab_from is not None):
         raise ValueError(f"data.vocab_extra={list(vocab_extra)} only adds counts to a compact vocabulary built here; "
                          "it needs data.vocab_size (model.vocab_size below 50257) and no data.vocab_from.")
+
+
+def _check_byte_fallback(byte_fallback: bool, vocab_size: int | None, given: CompactVocab | None,
+                         vocab_from: str | None) -> None:
+    """``data.byte_fallback`` applies to a compact vocabulary built here, of at least 259 ids."""
+    if not byte_fallback:
+        return
+    if given is not None:
+        if not given.byte_fallback:
+            raise ValueError(f"data.byte_fallback=true but data.vocab_from={vocab_from!r} has a vocabulary without "
+                             "byte fallback (its ids are fixed). Fix: drop data.byte_fallback.")
+        return
+    if vocab_size is None:
+        raise ValueError("data.byte_fallback=true needs a compact vocabulary: GPT-2's full 50257 ids lose no token "
+                         "anyway. Fix: set model.vocab_size below 50257 (e.g. 8192), or drop data.byte_fallback.")
+    if vocab_size < 259:
+        raise ValueError(f"data.vocab_size={vocab_size} is too small for data.byte_fallback=true, which keeps the "
+                         "256 byte tokens, <|endoftext|> and one unknown id. Fix: use model.vocab_size >= 259.")
 
 
 def _given_vocab(vocab_from: str | None, vocab_size: int | None) -> CompactVocab | None:

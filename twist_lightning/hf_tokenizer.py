@@ -139,12 +139,26 @@ def write_decoding_files(out_dir: str | os.PathLike[str], vocab: CompactVocab | 
 
 
 def _compact_note(vocab: CompactVocab) -> str:
+    if vocab.byte_fallback:
+        meaning = (f"compact id `i < {vocab.size - 1}` is GPT-2 id `keep_ids[i]`; the first 256 are GPT-2's single-byte "
+                   f"tokens in byte order, so a GPT-2 token that was not kept is written as the compact ids of its "
+                   f"bytes (its UTF-8 bytes' values). Id {vocab.unk_id} is never produced.")
+        to_ids = ("bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))  # GPT-2's byte stand-ins\n"
+                  "cs = bs + [256 + n for n in range(256 - len(bs))]\n"
+                  "bs += [b for b in range(256) if b not in bs]\n"
+                  "byte_of = dict(zip(map(chr, cs), bs))\n"
+                  "spell = lambda g: [byte_of[c] for c in gpt2_tokenizer.convert_ids_to_tokens(g)]\n"
+                  "ids = [i for g in gpt2_tokenizer.encode(\"Hello\") for i in ([to_compact[g]] if g in to_compact "
+                  "else spell(g))]")
+    else:
+        meaning = (f"compact id `i < {vocab.size - 1}` is GPT-2 id `keep_ids[i]`; id {vocab.unk_id} is the unknown token "
+                   f"(every GPT-2 token not kept), decoded as GPT-2 id {vocab.unk_gpt2_id} (\"\\ufffd\").")
+        to_ids = f"ids = [to_compact.get(g, {vocab.unk_id}) for g in gpt2_tokenizer.encode(\"Hello\")]"
     return f"""# Decoding this model
 
 It was trained on a compact vocabulary of {vocab.size} ids, not GPT-2's 50257, so no stock GPT-2 tokenizer is
 shipped with it: a GPT-2 tokenizer would hand it ids it has never seen. `vocab.json` in this folder is the mapping
-(twist-lightning's `CompactVocab`): compact id `i < {vocab.size - 1}` is GPT-2 id `keep_ids[i]`; id {vocab.unk_id} is
-the unknown token (every GPT-2 token not kept), decoded as GPT-2 id {vocab.unk_gpt2_id} ("\\ufffd").
+(twist-lightning's `CompactVocab`): {meaning}
 
 To generate text:
 
@@ -155,7 +169,7 @@ gpt2_tokenizer = GPT2Tokenizer.from_pretrained("openai-community/gpt2")  # offli
 keep = json.load(open("vocab.json"))["keep_ids"]
 to_compact = {{g: i for i, g in enumerate(keep)}}
 model = AutoModelForCausalLM.from_pretrained(".", trust_remote_code=True)
-ids = [to_compact.get(g, {vocab.unk_id}) for g in gpt2_tokenizer.encode("Hello")]
+{to_ids}
 out = model.generate(torch.tensor([ids]), max_new_tokens=50, do_sample=True)[0].tolist()
 text = gpt2_tokenizer.decode([keep[i] if i < len(keep) else {vocab.unk_gpt2_id} for i in out])
 ```

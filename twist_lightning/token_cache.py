@@ -80,6 +80,8 @@ class TokenCache:
             vocabulary is built (a vocabulary shared by a pretraining and a fine-tuning corpus).
         vocab: A given compact vocabulary (a pretrained model's) to encode with instead of building one; its size
             is ``vocab_size``.
+        byte_fallback: The compact vocabulary built here spells the tokens it leaves out by their bytes instead of
+            one unknown id (:class:`~twist_lightning.vocab.CompactVocab`); a given vocabulary brings its own.
         root: The cache root (default ``$TWIST_CACHE_DIR`` or ``~/.cache/twist_lightning``).
     """
 
@@ -95,6 +97,7 @@ class TokenCache:
     vocab: CompactVocab | None = field(default=None, compare=False)
     test_path: str | None = None
     vocab_extra: tuple[str, ...] = ()
+    byte_fallback: bool = False
 
     def __post_init__(self) -> None:
         if self.vocab is not None and self.vocab_size not in (None, self.vocab.size):
@@ -126,6 +129,9 @@ class TokenCache:
             spec["vocab_size"] = self.vocab.size
             ids = np.append(self.vocab.keep_ids, self.vocab.unk_gpt2_id).astype("<i8").tobytes()
             spec["given_vocab"] = hashlib.sha256(ids).hexdigest()
+        fallback = self.vocab.byte_fallback if self.vocab is not None else self.byte_fallback
+        if fallback and spec["vocab_size"] is not None:
+            spec["byte_fallback"] = True  # only when set: other caches keep their keys
         if self.vocab_extra and self.vocab is None and self.vocab_size is not None:
             spec["vocab_extra"] = [sha256_of(Path(p)) for p in self.vocab_extra]
         if self.source is DataSource.hub:
@@ -203,7 +209,7 @@ class TokenCache:
             counts = np.bincount(splits["train"], minlength=GPT2_VOCAB_SIZE)
             for extra in self.vocab_extra:  # more training text for the vocabulary only
                 counts += np.bincount(tokenize_file(extra, num_threads=num_proc), minlength=GPT2_VOCAB_SIZE)
-            vocab = CompactVocab.from_counts(counts, self.vocab_size)
+            vocab = CompactVocab.from_counts(counts, self.vocab_size, byte_fallback=self.byte_fallback)
         if vocab is not None:
             vocab.save(work / "vocab.json")
             splits = {s: vocab.encode(ids) for s, ids in splits.items()}

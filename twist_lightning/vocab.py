@@ -5,6 +5,11 @@ on CPU. :class:`CompactVocab` keeps the ``K - 1`` most frequent GPT-2 tokens of 
 and sends every other token to one unknown id, so the model's ``vocab_size`` is ``K`` and the
 unknown id is ``K - 1``. Encoding and decoding are single table look-ups (no Python loops).
 
+With ``byte_fallback`` no token is lost: the 256 single-byte GPT-2 tokens are always kept, and a token outside
+the kept set is spelled by the GPT-2 ids of its bytes (as byte-level BPE would before any merge), so decoding
+gives the text back exactly and no id stands for "unknown". Encoding then changes a stream's length, so it takes
+1-D token streams (a corpus, a prompt), not windows. The unknown id stays (unused) so ``size`` keeps its meaning.
+
 Example:
     >>> import numpy as np
     >>> counts = np.bincount(np.array([5, 5, 5, 7, 7, 9]), minlength=50257)
@@ -17,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -27,9 +33,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
+from twist_lightning.tokenizer import EOT_ID, GPT2_VOCAB_SIZE, gpt2_encoding
 
-__all__ = ["UNK_GPT2_ID", "CompactVocab", "validate_vocab_size"]
+__all__ = ["UNK_GPT2_ID", "CompactVocab", "byte_token_ids", "validate_vocab_size"]
 
 #: GPT-2 id that the unknown compact id decodes to: token 4210 is U+FFFD "�" (the Unicode
 #: replacement character), so decoded text visibly marks where a rare token was dropped.
@@ -68,7 +74,8 @@ class CompactVocab:
         ValueError: If the ids are out of range, duplicated, or give an invalid size.
     """
 
-    def __init__(self, keep_ids: Sequence[int] | np.ndarray | torch.Tensor, unk_gpt2_id: int = UNK_GPT2_ID) -> None:
+    def __init__(self, keep_ids: Sequence[int] | np.ndarray | torch.Tensor, unk_gpt2_id: int = UNK_GPT2_ID,
+                 byte_fallback: bool = False) -> None:
         keep = _as_int64(keep_ids).reshape(-1)
         validate_vocab_size(len(keep) + 1)
         if keep.min() < 0 or keep.max() >= GPT2_VOCAB_SIZE:
@@ -83,9 +90,26 @@ class CompactVocab:
         self._encode_table = np.full(GPT2_VOCAB_SIZE, len(keep), dtype=np.int64)
         self._encode_table[keep] = np.arange(len(keep), dtype=np.int64)
         self._decode_table = np.append(keep, np.int64(self.unk_gpt2_id))
+        self.byte_fallback = bool(byte_fallback)
+        if self.byte_fallback:
+            missing = np.setdiff1d(np.append(byte_token_ids(), EOT_ID), keep)
+            if len(missing):
+                raise ValueError(f"a byte-fallback vocabulary must keep the 256 single-byte GPT-2 tokens and "
+                                 f"<|endoftext|>; {len(missing)} are missing (e.g. GPT-2 id {int(missing[0])}). Fix: "
+                                 "build it with CompactVocab.from_counts(..., byte_fallback=True).")
+            # Every GPT-2 id's spelling in compact ids, as one flat table: kept ids spell themselves, the others
+            # their bytes' tokens. Encoding a stream is then a few vectorised gathers.
+            kept = np.zeros(GPT2_VOCAB_SIZE, dtype=bool)
+            kept[keep] = True
+            byte_compact = self._encode_table[byte_token_ids()]  # compact id of each byte value
+            spellings = [[int(self._encode_table[i])] if kept[i] else
+                         byte_compact[np.frombuffer(_token_bytes(i), np.uint8)].tolist() for i in range(GPT2_VOCAB_SIZE)]
+            self._spell_len = np.array([len(t) for t in spellings], dtype=np.int64)
+            self._spell_start = np.cumsum(self._spell_len) - self._spell_len
+            self._spell_flat = np.fromiter((i for t in spellings for i in t), dtype=np.int64)
 
     @classmethod
-    def from_counts(cls, counts: np.ndarray, size: int) -> CompactVocab:
+    def from_counts(cls, counts: np.ndarray, size: int, byte_fallback: bool = False) -> CompactVocab:
         """Keep the ``size - 1`` most frequent GPT-2 ids of a token-count histogram.
 
         Ties (including tokens that never occur, when the corpus has fewer distinct tokens than
@@ -95,6 +119,9 @@ class CompactVocab:
             counts: 1-D non-negative counts indexed by GPT-2 id (e.g. ``np.bincount(train_ids)``);
                 shorter than 50257 is padded with zeros.
             size: Model vocabulary size ``K``; the unknown id is ``K - 1``.
+            byte_fallback: Keep the 256 single-byte tokens first (compact ids 0..255, in byte order) and
+                ``<|endoftext|>`` (256; spelling it by bytes would turn a document break into text), then the
+                ``size - 258`` most frequent others; tokens left out are spelled by their bytes (``size >= 259``).
 
         Returns:
             The compact vocabulary.
@@ -110,6 +137,14 @@ class CompactVocab:
             raise ValueError("counts must be non-negative")
         full = np.zeros(GPT2_VOCAB_SIZE, dtype=np.int64)
         full[: counts.shape[0]] = counts
+        if byte_fallback:
+            if size < 259:
+                raise ValueError(f"data.vocab_size={size} is too small for byte fallback, which keeps the 256 byte "
+                                 "tokens, <|endoftext|> and one unknown id. Fix: use data.vocab_size >= 259, e.g. 8192.")
+            fixed = np.append(byte_token_ids(), EOT_ID)
+            full[fixed] = -1  # kept anyway: out of the ranking
+            order = np.argsort(-full, kind="stable")
+            return cls(np.concatenate([fixed, order[: int(size) - 1 - len(fixed)]]), byte_fallback=True)
         # A stable sort on -count keeps ascending id order among equal counts.
         order = np.argsort(-full, kind="stable")
         return cls(order[: int(size) - 1])
@@ -130,16 +165,34 @@ class CompactVocab:
         return self._keep.copy()
 
     def encode(self, gpt2_ids: ArrayLike) -> ArrayLike:
-        """Map GPT-2 ids to compact ids; tokens not kept become :attr:`unk_id`.
+        """Map GPT-2 ids to compact ids; tokens not kept become :attr:`unk_id` (with byte fallback: their bytes).
 
         Args:
-            gpt2_ids: Integer array or tensor of any shape with values in ``[0, 50257)``.
+            gpt2_ids: Integer array or tensor of any shape with values in ``[0, 50257)``; with byte fallback a
+                1-D stream.
 
         Returns:
-            Compact ids with the same shape: an int64 ``np.ndarray`` for array input, or an int64
-            tensor on the input's device for tensor input.
+            Compact ids with the same shape (byte fallback: a 1-D stream at least as long): an int64
+            ``np.ndarray`` for array input, or an int64 tensor on the input's device for tensor input.
+
+        Raises:
+            ValueError: Ids out of range, or (byte fallback) input that is not 1-D.
         """
-        return _lookup(self._encode_table, gpt2_ids, GPT2_VOCAB_SIZE, "GPT-2")
+        if not self.byte_fallback:
+            return _lookup(self._encode_table, gpt2_ids, GPT2_VOCAB_SIZE, "GPT-2")
+        shape = tuple(gpt2_ids.shape) if isinstance(gpt2_ids, torch.Tensor) else np.shape(gpt2_ids)
+        if len(shape) != 1:
+            raise ValueError(f"a byte-fallback vocabulary spells rare tokens by their bytes, which changes a "
+                             f"stream's length, so it encodes 1-D token streams; got shape {shape}. "
+                             "Fix: encode the stream, then cut it into windows.")
+        arr = _as_int64(gpt2_ids)
+        lens = _lookup(self._spell_len, arr, GPT2_VOCAB_SIZE, "GPT-2")
+        # position j of the output reads spell_flat[start[token] + (j - first output position of token)]
+        ends = np.cumsum(lens)
+        first = np.repeat(ends - lens, lens)
+        out = self._spell_flat[np.repeat(self._spell_start[arr], lens) + np.arange(int(ends[-1]) if len(ends) else 0)
+                               - first]
+        return torch.as_tensor(out, device=gpt2_ids.device) if isinstance(gpt2_ids, torch.Tensor) else out
 
     def decode(self, compact_ids: ArrayLike) -> ArrayLike:
         """Map compact ids back to GPT-2 ids; the unknown id becomes :attr:`unk_gpt2_id`.
@@ -154,12 +207,15 @@ class CompactVocab:
 
     def state_dict(self) -> dict[str, Any]:
         """Return a plain-Python state (lists and ints) suitable for a Lightning checkpoint or JSON."""
-        return {
+        state = {
             "version": _FORMAT_VERSION,
             "size": self.size,
             "keep_ids": self._keep.tolist(),
             "unk_gpt2_id": self.unk_gpt2_id,
         }
+        if self.byte_fallback:  # only when set: files written before byte fallback existed read the same
+            state["byte_fallback"] = True
+        return state
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> CompactVocab:
@@ -171,7 +227,8 @@ class CompactVocab:
         Raises:
             ValueError: If the stored ``size`` disagrees with ``keep_ids``.
         """
-        vocab = cls(state["keep_ids"], unk_gpt2_id=int(state.get("unk_gpt2_id", UNK_GPT2_ID)))
+        vocab = cls(state["keep_ids"], unk_gpt2_id=int(state.get("unk_gpt2_id", UNK_GPT2_ID)),
+                    byte_fallback=bool(state.get("byte_fallback", False)))
         if "size" in state and int(state["size"]) != vocab.size:
             raise ValueError(f"corrupt vocabulary state: size={state['size']} but {vocab.size - 1} keep_ids")
         return vocab
@@ -202,13 +259,26 @@ class CompactVocab:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CompactVocab):
             return NotImplemented
-        return self.unk_gpt2_id == other.unk_gpt2_id and np.array_equal(self._keep, other._keep)
+        return (self.unk_gpt2_id == other.unk_gpt2_id and self.byte_fallback == other.byte_fallback
+                and np.array_equal(self._keep, other._keep))
 
     def __hash__(self) -> int:
-        return hash((self.unk_gpt2_id, self._keep.tobytes()))
+        return hash((self.unk_gpt2_id, self.byte_fallback, self._keep.tobytes()))
 
     def __repr__(self) -> str:
-        return f"CompactVocab(size={self.size}, unk_id={self.unk_id}, unk_gpt2_id={self.unk_gpt2_id})"
+        fallback = ", byte_fallback=True" if self.byte_fallback else ""
+        return f"CompactVocab(size={self.size}, unk_id={self.unk_id}, unk_gpt2_id={self.unk_gpt2_id}{fallback})"
+
+
+@functools.lru_cache(maxsize=1)
+def byte_token_ids() -> np.ndarray:
+    """GPT-2 id of the single-byte token of each byte value 0..255 (byte-level BPE's 256 base tokens)."""
+    enc = gpt2_encoding()
+    return np.array([enc.encode_single_token(bytes([b])) for b in range(256)], dtype=np.int64)
+
+
+def _token_bytes(gpt2_id: int) -> bytes:
+    return gpt2_encoding().decode_single_token_bytes(gpt2_id)
 
 
 def _as_int64(ids: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
