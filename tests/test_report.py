@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from twist_lightning.checkpoint import load_gpt
 from twist_lightning.report import collect, main, units_removed, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def test_paper_claim_recipe_runs_end_to_end_with_tiny_overrides_and_reports(tmp_
     import sys
 
     sweep = tmp_path / "sweep"
-    tiny = ["model.n_layer=3", "model.n_embd=48", "model.block_size=32", "model.vocab_size=256", "data.batch_size=8",
+    tiny = ["model.n_layer=3", "model.n_embd=48", "model.block_size=32", "model.vocab_size=300", "data.batch_size=8",
             "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
             "module.warmup_steps=1", "final_eval.samples=2", "final_eval.max_batches=1", "final_eval.calib_samples=4",
             "twist.eval_subnets=1", "~logger", "+trainer.enable_progress_bar=false"]
@@ -91,8 +92,10 @@ def test_paper_claim_recipe_runs_end_to_end_with_tiny_overrides_and_reports(tmp_
     assert len(evals) == 7 and all(json.loads(e.read_text())["split"] == "test" for e in evals)
     plain = json.loads((sweep / "1" / "eval.json").read_text())
     assert set(plain["sizes"][0]["methods"]) == {"random", "magnitude", "activation", "flap", "reconstruct"}
-    pretrain_vocab = json.loads((sweep / "0" / "eval.json").read_text())["unk_share"]
-    assert plain["unk_share"] == pytest.approx(pretrain_vocab)  # the fine-tunes keep the pretrained ids
+    # byte fallback: no test token is unknown, and the fine-tunes keep the pretrained (byte-fallback) ids
+    assert all(json.loads(e.read_text())["unk_share"] == 0 for e in evals)
+    vocabs = [load_gpt(sweep / str(i) / "checkpoints" / "last.ckpt")[1] for i in range(7)]
+    assert vocabs[0].byte_fallback and vocabs[0].size == 300 and all(v == vocabs[0] for v in vocabs)
     assert main([str(sweep)]) == 0
     text = (sweep / "report.md").read_text()
     assert "## TwIST's random subnets against post-training pruning" in text and "| 6/12 |" in text
