@@ -113,10 +113,12 @@ def test_committed_aggregation_report_is_reproduced_byte_for_byte(tmp_path: Path
     assert (copy / "report.md").read_text() == (folder / "report.md").read_text()
 
 
-def test_committed_paper_claim_report_is_reproduced_byte_for_byte(tmp_path: Path) -> None:
-    """bench/results/paper_claim_cpu/report.md is what the report command makes of the run JSON beside it."""
-    folder = RESULTS / "paper_claim_cpu"
-    copy = tmp_path / "paper_claim_cpu"
+@pytest.mark.parametrize("name", ["paper_claim_cpu_w96_gpt2ids"])
+def test_committed_paper_claim_report_is_reproduced_byte_for_byte(tmp_path: Path, name: str) -> None:
+    """bench/results/<name>/report.md is what the report command makes of the run JSON beside it (the recipe's
+    run, and the earlier one with GPT-2's ids at 96 wide)."""
+    folder = RESULTS / name
+    copy = tmp_path / name
     shutil.copytree(folder, copy)
     for made in [copy / "report.md", *copy.glob("report_*.png")]:
         made.unlink()
