@@ -69,6 +69,8 @@ class CompactVocab:
         keep_ids: The ``size - 1`` kept GPT-2 ids, in compact-id order (compact id ``i`` is
             ``keep_ids[i]``). Must be unique and in ``[0, 50257)``.
         unk_gpt2_id: GPT-2 id that the unknown compact id decodes to (default :data:`UNK_GPT2_ID`).
+        byte_fallback: Spell every GPT-2 token not kept by its bytes' tokens instead of the unknown id;
+            ``keep_ids`` must then hold the 256 single-byte tokens and ``<|endoftext|>``.
 
     Raises:
         ValueError: If the ids are out of range, duplicated, or give an invalid size.
