@@ -113,7 +113,7 @@ def test_committed_aggregation_report_is_reproduced_byte_for_byte(tmp_path: Path
     assert (copy / "report.md").read_text() == (folder / "report.md").read_text()
 
 
-@pytest.mark.parametrize("name", ["paper_claim_cpu_w96_gpt2ids"])
+@pytest.mark.parametrize("name", ["paper_claim_cpu", "paper_claim_cpu_w96_gpt2ids"])
 def test_committed_paper_claim_report_is_reproduced_byte_for_byte(tmp_path: Path, name: str) -> None:
     """bench/results/<name>/report.md is what the report command makes of the run JSON beside it (the recipe's
     run, and the earlier one with GPT-2's ids at 96 wide)."""

@@ -52,7 +52,7 @@ def plot_grid(grid: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ckpts = list(dict.fromkeys(r["checkpoint"] for r in grid["rows"]))
-    cols = list(dict.fromkeys(r["heads"] for r in grid["rows"]))
+    cols = sorted({r["heads"] for r in grid["rows"]})  # ascending sizes, whichever run lists which first
     table = {(r["checkpoint"], r["heads"]): r["mean_ppl"] for r in grid["rows"]}
     train = {r["checkpoint"]: r["train_size"] for r in grid["rows"]}
     values = [[table.get((c, h), math.nan) for h in cols] for c in ckpts]
