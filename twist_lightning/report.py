@@ -181,6 +181,14 @@ def _comparison_sections(evals: list[tuple[Path, dict[str, Any]]], out_dir: Path
                     lines.append(f"| {_label(f, out_dir)} | {t} | {row['heads']}/{n_head} | {_f(row['mean_ppl'], 2)} ± "
                                  f"{_f(row.get('std_ppl'), 2)} ({_f(row.get('min_ppl'), 2)}-{_f(row.get('max_ppl'), 2)})"
                                  f" | {_f(v, 2)} ({m}) | {row['mean_ppl'] / v:.3f} |")
+        half = n_head // 2  # the paper's headline size
+        ratios = [(row["mean_ppl"] / best[half][1], _label(f, out_dir)) for f, r, t in twisted for row in r["sizes"]
+                  if t == f"{half}/{n_head}" and row["heads"] == half and half in best and row.get("mean_ppl") is not None]
+        if ratios:
+            ratio, run = min(ratios)
+            lines += ["", f"Headline: the lowest R of a TwIST model trained and evaluated at {half}/{n_head} is "
+                          f"**{ratio:.3f}** ({run}); the goal R <= 0.75 is {'met' if ratio <= 0.75 else 'not met'} "
+                          "(the paper: 0.73)."]
         lines.append("")
     sizes = sorted({row["heads"] for _, r, _ in runs for row in r["sizes"]})
     if len(runs) > 1 and len(sizes) > 1:
