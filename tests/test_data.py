@@ -207,7 +207,7 @@ def test_byte_fallback_vocabulary_loses_no_test_token(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data.vocab_size=258 is too small for data.byte_fallback=true"):
         make_dm(tmp_path, vocab_size=258, byte_fallback=True)
     unk.vocab.save(tmp_path / "plain.json")
-    with pytest.raises(ValueError, match="data.byte_fallback=true but data.vocab_from=.*without byte fallback"):
+    with pytest.raises(ValueError, match="data.byte_fallback=true but the given vocabulary .* has no byte fallback"):
         make_dm(tmp_path, vocab_from=str(tmp_path / "plain.json"), byte_fallback=True)
 
 

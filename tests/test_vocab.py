@@ -133,7 +133,9 @@ def test_byte_fallback_state_and_errors(tmp_path) -> None:
         vocab.encode(np.array([[5, 7], [7, 5]]))
     with pytest.raises(ValueError, match="data.vocab_size=258 is too small for byte fallback"):
         CompactVocab.from_counts(counts, size=258, byte_fallback=True)
-    with pytest.raises(ValueError, match="must keep the 256 single-byte GPT-2 tokens"):
+    with pytest.raises(ValueError, match="must start with the 256 single-byte GPT-2 tokens in byte order"):
         CompactVocab(list(range(300)), byte_fallback=True)
+    with pytest.raises(ValueError, match="must start with the 256 single-byte GPT-2 tokens in byte order"):
+        CompactVocab(vocab.keep_ids[::-1], byte_fallback=True)  # all there, but not where the byte values point
     with pytest.raises(ValueError, match="GPT-2 ids"):
         vocab.encode(np.array([GPT2_VOCAB_SIZE]))

@@ -54,10 +54,10 @@ def build_datamodule(saved: dict[str, Any], overrides: dict[str, Any], model_voc
     if remap and vocab.byte_fallback:
         # byte fallback changes a stream's length, so the corpus is encoded with the saved vocabulary as it is
         # cached (the checkpoint names it), not window by window
-        if not Path(checkpoint).exists():
+        if not Path(checkpoint).expanduser().exists():
             raise ValueError(f"checkpoint={checkpoint!r}: its byte-fallback vocabulary encodes whole token streams, "
                              "which needs the checkpoint's path to read it from. Fix: pass the checkpoint file.")
-        hp["vocab_from"], remap = checkpoint, False
+        hp["vocab_from"], remap = str(Path(checkpoint).expanduser()), False
         hp.pop("vocab_extra", None)  # counts for building a vocabulary; this one is given
     if vocab is None:
         hp["vocab_size"] = None if model_vocab_size == GPT2_VOCAB_SIZE else model_vocab_size

@@ -320,15 +320,17 @@ def _check_byte_fallback(byte_fallback: bool, vocab_size: int | None, given: Com
         return
     if given is not None:
         if not given.byte_fallback:
-            raise ValueError(f"data.byte_fallback=true but data.vocab_from={vocab_from!r} has a vocabulary without "
-                             "byte fallback (its ids are fixed). Fix: drop data.byte_fallback.")
+            raise ValueError(f"data.byte_fallback=true but the given vocabulary ({vocab_from!r}: data.vocab_from, or "
+                             "model.init_from's) has no byte fallback, and its ids are fixed. Fix: drop "
+                             "data.byte_fallback.")
         return
     if vocab_size is None:
         raise ValueError("data.byte_fallback=true needs a compact vocabulary: GPT-2's full 50257 ids lose no token "
                          "anyway. Fix: set model.vocab_size below 50257 (e.g. 8192), or drop data.byte_fallback.")
     if vocab_size < 259:
         raise ValueError(f"data.vocab_size={vocab_size} is too small for data.byte_fallback=true, which keeps the "
-                         "256 byte tokens, <|endoftext|> and one unknown id. Fix: use model.vocab_size >= 259.")
+                         "256 byte tokens, <|endoftext|>, the unknown id and at least one merged token. Fix: use "
+                         "model.vocab_size >= 259.")
 
 
 def _given_vocab(vocab_from: str | None, vocab_size: int | None) -> CompactVocab | None:

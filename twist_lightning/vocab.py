@@ -94,11 +94,12 @@ class CompactVocab:
         self._decode_table = np.append(keep, np.int64(self.unk_gpt2_id))
         self.byte_fallback = bool(byte_fallback)
         if self.byte_fallback:
-            missing = np.setdiff1d(np.append(byte_token_ids(), EOT_ID), keep)
-            if len(missing):
-                raise ValueError(f"a byte-fallback vocabulary must keep the 256 single-byte GPT-2 tokens and "
-                                 f"<|endoftext|>; {len(missing)} are missing (e.g. GPT-2 id {int(missing[0])}). Fix: "
-                                 "build it with CompactVocab.from_counts(..., byte_fallback=True).")
+            fixed = np.append(byte_token_ids(), EOT_ID)
+            if len(keep) <= len(fixed) or not np.array_equal(keep[: len(fixed)], fixed):
+                # compact id b is byte b, as exports' DECODING.md tells users to spell left-out tokens
+                raise ValueError("a byte-fallback vocabulary must start with the 256 single-byte GPT-2 tokens in byte "
+                                 "order, then <|endoftext|>, then at least one more token. Fix: build it with "
+                                 "CompactVocab.from_counts(..., byte_fallback=True).")
             # Every GPT-2 id's spelling in compact ids, as one flat table: kept ids spell themselves, the others
             # their bytes' tokens. Encoding a stream is then a few vectorised gathers.
             kept = np.zeros(GPT2_VOCAB_SIZE, dtype=bool)
@@ -142,7 +143,8 @@ class CompactVocab:
         if byte_fallback:
             if size < 259:
                 raise ValueError(f"data.vocab_size={size} is too small for byte fallback, which keeps the 256 byte "
-                                 "tokens, <|endoftext|> and one unknown id. Fix: use data.vocab_size >= 259, e.g. 8192.")
+                                 "tokens, <|endoftext|>, the unknown id and at least one merged token. Fix: use "
+                                 "data.vocab_size >= 259, e.g. 8192.")
             fixed = np.append(byte_token_ids(), EOT_ID)
             full[fixed] = -1  # kept anyway: out of the ranking
             order = np.argsort(-full, kind="stable")
@@ -191,9 +193,9 @@ class CompactVocab:
         lens = _lookup(self._spell_len, arr, GPT2_VOCAB_SIZE, "GPT-2")
         # position j of the output reads spell_flat[start[token] + (j - first output position of token)]
         ends = np.cumsum(lens)
-        first = np.repeat(ends - lens, lens)
-        out = self._spell_flat[np.repeat(self._spell_start[arr], lens) + np.arange(int(ends[-1]) if len(ends) else 0)
-                               - first]
+        index = np.repeat(self._spell_start[arr] - (ends - lens), lens)
+        index += np.arange(len(index))
+        out = self._spell_flat[index]
         return torch.as_tensor(out, device=gpt2_ids.device) if isinstance(gpt2_ids, torch.Tensor) else out
 
     def decode(self, compact_ids: ArrayLike) -> ArrayLike:
@@ -276,7 +278,9 @@ class CompactVocab:
 def byte_token_ids() -> np.ndarray:
     """GPT-2 id of the single-byte token of each byte value 0..255 (byte-level BPE's 256 base tokens)."""
     enc = gpt2_encoding()
-    return np.array([enc.encode_single_token(bytes([b])) for b in range(256)], dtype=np.int64)
+    ids = np.array([enc.encode_single_token(bytes([b])) for b in range(256)], dtype=np.int64)
+    ids.setflags(write=False)  # cached and shared: no caller may change it
+    return ids
 
 
 def _token_bytes(gpt2_id: int) -> bytes:
