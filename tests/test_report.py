@@ -94,6 +94,8 @@ def test_paper_claim_recipe_runs_end_to_end_with_tiny_overrides_and_reports(tmp_
     assert set(plain["sizes"][0]["methods"]) == {"random", "magnitude", "activation", "flap", "reconstruct"}
     # byte fallback: no test token is unknown, and the fine-tunes keep the pretrained (byte-fallback) ids
     assert all(json.loads(e.read_text())["unk_share"] == 0 for e in evals)
+    # the fine-tunes' test text went through the pretrained vocabulary (encoded whole as it was cached)
+    assert plain["vocab_remapped"] and not json.loads((sweep / "0" / "eval.json").read_text())["vocab_remapped"]
     vocabs = [load_gpt(sweep / str(i) / "checkpoints" / "last.ckpt")[1] for i in range(7)]
     assert vocabs[0].byte_fallback and vocabs[0].size == 300 and all(v == vocabs[0] for v in vocabs)
     assert main([str(sweep)]) == 0

@@ -325,7 +325,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], sizes: Sequence[int 
         unk = sum(int((y == vocab.unk_id).sum()) for _, y in batches)
         extra["unk_share"] = unk / sum(y.numel() for _, y in batches)
     return {"checkpoint": str(checkpoint), "model": model.config.to_dict(), "data": data_used, "split": split,
-            "vocab_remapped": remap, "device": str(dev), **extra, **result}
+            # a byte-fallback vocabulary maps another corpus when it is cached (data.vocab_from), not batch by batch
+            "vocab_remapped": remap or bool(vocab is not None and vocab.byte_fallback and dm.hparams.get("vocab_from")),
+            "device": str(dev), **extra, **result}
 
 
 # ---- the robustness grid ------------------------------------------------------------------------------------------
