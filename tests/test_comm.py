@@ -159,3 +159,25 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
         assert traffic[s]["received_per_sync"] == traffic[s]["computed_received_per_sync"]
     assert traffic[512]["received_over_model"] < 2.5 < traffic[512]["unsharded_received_over_model"]
     assert any(t["name"].startswith("sharded: received bytes per rank") for t in report["targets"])
+
+
+def test_the_process_group_is_destroyed_at_exit_once_per_process(monkeypatch, tmp_path):
+    """Lightning destroys an NCCL group at exit but leaves gloo to interpreter finalization, where it can abort a
+    finished rank; the strategies register one exit hook that destroys it while Python is still whole."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from twist_lightning import comm
+
+    hooks = []
+    monkeypatch.setattr(atexit, "register", hooks.append)
+    monkeypatch.setattr(comm, "_EXIT_HOOK_REGISTERED", False)
+    comm.destroy_process_group_at_exit()
+    comm.destroy_process_group_at_exit()
+    assert hooks == [comm._destroy_process_group]  # once, however many Trainers set up
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    hooks[0]()
+    assert not dist.is_initialized()
+    hooks[0]()  # nothing left to destroy: a no-op

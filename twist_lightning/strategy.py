@@ -32,6 +32,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from twist_lightning.accumulation import GradAccumulators
+from twist_lightning.comm import destroy_process_group_at_exit
 from twist_lightning.core import TwISTCore
 from twist_lightning.model import GPT
 from twist_lightning.partition import PartitionSpec
@@ -147,6 +148,11 @@ class TwISTStrategy(DDPStrategy):
             # its round from the central model and lose the workers' progress and moments
             trainer.callbacks.append(SubnetResampling())
         super().setup(trainer)
+
+    @override
+    def setup_distributed(self) -> None:
+        super().setup_distributed()
+        destroy_process_group_at_exit()  # gloo left to interpreter finalization can abort a finished rank
 
     @override
     def configure_ddp(self) -> None:
