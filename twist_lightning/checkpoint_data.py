@@ -61,8 +61,6 @@ def build_datamodule(saved: dict[str, Any], overrides: dict[str, Any], model_voc
         hp.pop("vocab_extra", None)  # counts for building a vocabulary; this one is given
     if vocab is None:
         hp["vocab_size"] = None if model_vocab_size == GPT2_VOCAB_SIZE else model_vocab_size
-    elif "vocab_from" in hp:
-        hp["vocab_size"] = vocab.size
     else:
         hp["vocab_size"] = None if remap else vocab.size
     dm = TextDataModule(**hp)

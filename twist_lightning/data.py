@@ -28,7 +28,7 @@ from twist_lightning.sources import HUB_PROBE_TIMEOUT_S, DataSource, HubUnavaila
 from twist_lightning.token_cache import CACHE_FORMAT, CHUNK_BLOCKS, SPLITS, TOKEN_DTYPE, TokenCache, default_cache_dir
 from twist_lightning.tokenizer import GPT2_VOCAB_SIZE
 from twist_lightning.validate import check_count
-from twist_lightning.vocab import CompactVocab, validate_vocab_size
+from twist_lightning.vocab import MIN_BYTE_FALLBACK_SIZE, CompactVocab, validate_vocab_size
 
 __all__ = ["CACHE_FORMAT", "CHUNK_BLOCKS", "HUB_PROBE_TIMEOUT_S", "SPLITS", "TOKEN_DTYPE", "DataSource",
            "EpochShuffle", "HubUnavailableError", "TextDataModule", "TokenWindows", "default_cache_dir"]
@@ -327,10 +327,10 @@ def _check_byte_fallback(byte_fallback: bool, vocab_size: int | None, given: Com
     if vocab_size is None:
         raise ValueError("data.byte_fallback=true needs a compact vocabulary: GPT-2's full 50257 ids lose no token "
                          "anyway. Fix: set model.vocab_size below 50257 (e.g. 8192), or drop data.byte_fallback.")
-    if vocab_size < 259:
+    if vocab_size < MIN_BYTE_FALLBACK_SIZE:
         raise ValueError(f"data.vocab_size={vocab_size} is too small for data.byte_fallback=true, which keeps the "
                          "256 byte tokens, <|endoftext|>, the unknown id and at least one merged token. Fix: use "
-                         "model.vocab_size >= 259.")
+                         f"model.vocab_size >= {MIN_BYTE_FALLBACK_SIZE}.")
 
 
 def _given_vocab(vocab_from: str | None, vocab_size: int | None) -> CompactVocab | None:

@@ -35,13 +35,15 @@ import torch
 
 from twist_lightning.tokenizer import EOT_ID, GPT2_VOCAB_SIZE, gpt2_encoding
 
-__all__ = ["UNK_GPT2_ID", "CompactVocab", "byte_token_ids", "validate_vocab_size"]
+__all__ = ["MIN_BYTE_FALLBACK_SIZE", "UNK_GPT2_ID", "CompactVocab", "byte_token_ids", "validate_vocab_size"]
 
 #: GPT-2 id that the unknown compact id decodes to: token 4210 is U+FFFD "�" (the Unicode
 #: replacement character), so decoded text visibly marks where a rare token was dropped.
 UNK_GPT2_ID: int = 4210
 
 _FORMAT_VERSION = 1
+#: Smallest byte-fallback vocabulary: the 256 byte tokens, <|endoftext|>, the unknown id and one merged token.
+MIN_BYTE_FALLBACK_SIZE: int = 259
 ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
 
 
@@ -94,7 +96,7 @@ class CompactVocab:
         self._decode_table = np.append(keep, np.int64(self.unk_gpt2_id))
         self.byte_fallback = bool(byte_fallback)
         if self.byte_fallback:
-            fixed = np.append(byte_token_ids(), EOT_ID)
+            fixed = _fallback_prefix()
             if len(keep) <= len(fixed) or not np.array_equal(keep[: len(fixed)], fixed):
                 # compact id b is byte b, as exports' DECODING.md tells users to spell left-out tokens
                 raise ValueError("a byte-fallback vocabulary must start with the 256 single-byte GPT-2 tokens in byte "
@@ -141,11 +143,11 @@ class CompactVocab:
         full = np.zeros(GPT2_VOCAB_SIZE, dtype=np.int64)
         full[: counts.shape[0]] = counts
         if byte_fallback:
-            if size < 259:
+            if size < MIN_BYTE_FALLBACK_SIZE:
                 raise ValueError(f"data.vocab_size={size} is too small for byte fallback, which keeps the 256 byte "
                                  "tokens, <|endoftext|>, the unknown id and at least one merged token. Fix: use "
-                                 "data.vocab_size >= 259, e.g. 8192.")
-            fixed = np.append(byte_token_ids(), EOT_ID)
+                                 f"data.vocab_size >= {MIN_BYTE_FALLBACK_SIZE}, e.g. 8192.")
+            fixed = _fallback_prefix()
             full[fixed] = -1  # kept anyway: out of the ranking
             order = np.argsort(-full, kind="stable")
             return cls(np.concatenate([fixed, order[: int(size) - 1 - len(fixed)]]), byte_fallback=True)
@@ -281,6 +283,11 @@ def byte_token_ids() -> np.ndarray:
     ids = np.array([enc.encode_single_token(bytes([b])) for b in range(256)], dtype=np.int64)
     ids.setflags(write=False)  # cached and shared: no caller may change it
     return ids
+
+
+def _fallback_prefix() -> np.ndarray:
+    """The GPT-2 ids a byte-fallback vocabulary starts with: the byte tokens in byte order, then <|endoftext|>."""
+    return np.append(byte_token_ids(), EOT_ID)
 
 
 def _token_bytes(gpt2_id: int) -> bytes:
