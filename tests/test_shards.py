@@ -163,3 +163,108 @@ def test_a_non_finite_row_on_one_rank_is_seen_by_every_rank(tmp_path):
     out = str(tmp_path / "finite")
     mp.spawn(_finite_worker, args=(2, free_port(), out), nprocs=2)
     assert [torch.load(f"{out}.{r}") for r in range(2)] == [[True, False], [True, False]]
+
+
+DROPPED = [  # keep_central=False against the kept shard, every variant and the carried moments
+    ("masked", dict(variant="masked")),
+    ("true", dict(variant="true")),
+    ("hybrid", dict(variant="hybrid")),
+    ("true-virtual", dict(variant="true", workers_per_process=2)),
+    ("masked-carry", dict(variant="masked", optimizer_state="carry")),
+]
+
+
+def _train_probed(rank: int, kw: dict, keep: bool, steps: int, probes=(), finish=True) -> dict:
+    """Train ``steps`` plain steps (a sync every 3); the whole central model after each step in ``probes`` and at
+    the end, and the size of this rank's central shard after every step."""
+    core = TwISTCore(n_sub=2, sync_every=3, seed=3, keep_central=keep, **kw)
+    live = core.setup(gpt(), rank=rank, world_size=dist.get_world_size())
+    optimizer = torch.optim.AdamW if kw.get("optimizer_state") == "carry" else torch.optim.SGD
+    opt = optimizer(live.parameters(), lr=0.05)
+    core.bind([opt])
+    n = core.workers_per_process
+    g = torch.Generator().manual_seed(100 + rank)
+    out = {"shard_numel": []}
+
+    def whole() -> dict:
+        model = core.materialize()
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        core.release()
+        return state
+
+    for step in range(1, steps + 1):
+        data = torch.randint(0, SHAPE["vocab_size"], (4, SHAPE["block_size"] + 1), generator=g)
+        x, y = data[:, :-1], data[:, 1:]
+        for k in range(n):
+            core.activate(k)
+            live(x[k::n], y[k::n])[1].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            core.deactivate(k)
+        core.end_step()
+        out["shard_numel"].append(core.central.numel())
+        if step in probes:
+            out[step] = whole()
+            out[f"finite{step}"] = core.central_is_finite()
+    if finish:
+        core.finish()
+    out["end"] = whole()
+    return out
+
+
+def _dropped_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = {}
+        for name, kw in DROPPED:
+            results[name] = {
+                # kept: the model at the sync after step 6, and after 8 steps
+                "kept": _train_probed(rank, kw, True, 8, probes=(6,)),
+                # kept, finished after step 7: a sync there is the holders' average of the workers after step 7
+                "kept7": _train_probed(rank, kw, True, 7),
+                # dropped: the same 8 steps, looked at after the sync at 6 and mid-round at 7
+                "dropped": _train_probed(rank, kw, False, 8, probes=(6, 7)),
+            }
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_central_model_dropped_between_syncs_is_the_kept_one_at_every_sync(tmp_path, world):
+    """keep_central=False: no central values between syncs, the kept model at every sync bit for bit, and mid-round
+    the holders' average of the workers' values now (what a sync at that step makes), which leaves training alone."""
+    out = str(tmp_path / "dropped")
+    mp.spawn(_dropped_worker, args=(world, free_port(), out), nprocs=world)
+    ranks = [torch.load(f"{out}.{r}") for r in range(world)]
+    for name, _ in DROPPED:
+        for r in range(world):
+            kept, kept7, dropped = ranks[r][name]["kept"], ranks[r][name]["kept7"], ranks[r][name]["dropped"]
+            for key in kept["end"]:
+                assert torch.equal(dropped[6][key], kept[6][key]), (name, r, key)  # right after a sync
+                assert torch.equal(dropped[7][key], kept7["end"][key]), (name, r, key)  # mid-round: a sync's average
+                assert torch.equal(dropped["end"][key], kept["end"][key]), (name, r, key)  # the look changed nothing
+            assert not torch.equal(dropped[7]["lm_head.weight"], dropped[6]["lm_head.weight"]), name  # it trained
+            assert dropped["finite6"] and dropped["finite7"], name
+            # the shard exists only from a sync (steps 3, 6) to the next step; the kept one always
+            sizes = dropped["shard_numel"]
+            assert [s > 0 for s in sizes] == [False, False, True, False, False, True, False, False], (name, sizes)
+            assert all(s == kept["shard_numel"][2] for s in kept["shard_numel"]), name
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(keep_central=False, shard_central=False), "twist.shard_central=False"),
+    (dict(keep_central=False, outer="nesterov"), "twist.outer='nesterov'"),
+    (dict(keep_central=False, sync_dtype="bfloat16"), "twist.sync_dtype='bfloat16'"),
+    (dict(keep_central="no"), "twist.keep_central='no'"),
+])
+def test_keep_central_false_refuses_what_needs_the_previous_central_model(kw, match):
+    with pytest.raises(ValueError, match=match.replace(".", r"\.")):
+        TwISTCore(**kw)
+
+
+def test_keep_central_false_needs_several_processes():
+    core = TwISTCore(variant="masked", n_sub=2, keep_central=False)
+    with pytest.raises(ValueError, match=r"twist\.keep_central=false needs several processes"):
+        core.setup(gpt())

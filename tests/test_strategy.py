@@ -360,3 +360,26 @@ def test_two_processes_sharded_equal_unsharded_and_resume_mid_round_bit_for_bit(
     fit(resumed, twist(**kw), devices=2, max_steps=7, callbacks=[SubnetResampling()],
         ckpt_path=str(tmp_path / "step=4.ckpt"), n=32)
     assert_same(params(resumed), params(runs[True]), atol=0)
+
+
+def test_two_processes_keep_central_false_equals_kept_and_resumes_mid_round_bit_for_bit(tmp_path):
+    """keep_central=False through Lightning: the same trained model as the kept shard, a mid-round checkpoint that
+    holds a whole model (the holders' average at step 4) and a resumed run that continues exactly."""
+    kw = dict(variant="true", n_sub=2, common="none", sync_every=3, start_method="spawn")
+    runs = {}
+    for keep in (True, False):
+        runs[keep] = make_module()
+        fit(runs[keep], twist(keep_central=keep, **kw), devices=2, max_steps=7, n=32)
+    assert_same(params(runs[False]), params(runs[True]), atol=0)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    fit(make_module(), twist(keep_central=False, **kw), devices=2, max_steps=4,
+        callbacks=[SubnetResampling(), ckpt], root=tmp_path, n=32)
+    saved = torch.load(tmp_path / "step=4.ckpt", weights_only=False)
+    gpt = GPT(GPTConfig(**SHAPE))
+    gpt.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")})
+    assert saved["twist"]["step_in_round"] == 1
+    resumed = make_module(seed=123)
+    fit(resumed, twist(keep_central=False, **kw), devices=2, max_steps=7, callbacks=[SubnetResampling()],
+        ckpt_path=str(tmp_path / "step=4.ckpt"), n=32)
+    assert_same(params(resumed), params(runs[False]), atol=0)

@@ -136,6 +136,16 @@ class TwISTCore:
             back (:mod:`~twist_lightning.shards`): the central model is identical to the unsharded one, bit for
             bit, and no rank holds it whole except while validating or checkpointing (:meth:`materialize`).
             ``False``: every rank keeps the whole central model and a sync is one ``all_gather``.
+        keep_central: ``True``: each rank keeps its shard of the central model between syncs. ``False`` (sharded,
+            float32 sync, ``outer="none"``): no rank keeps any central value between syncs. The central model is
+            the holders' average, which needs no previous central value because every unit has a holder, so a
+            sync makes each rank's shard from the workers' values, sends the next subnets from it and drops it
+            when the next step starts (the training state then holds only the workers: at GPT-2 124M on 2
+            processes 1/8 of a data-parallel rank less). At every sync the central model is the kept one, bit for
+            bit. Between syncs (a validation or checkpoint mid-round) the central model is the holders' average
+            of the workers' values now, the model a sync would make at that step, computed by phase 1 of a sync
+            without resampling; resuming from such a checkpoint continues bit for bit (the workers' own values
+            and moments are in the resume state).
         seed: seed of the blueprint sequence (the same on every rank).
     """
 
@@ -156,6 +166,7 @@ class TwISTCore:
         outer_momentum: float = 0.9,
         sync_dtype: str | SyncDtype = "float32",
         shard_central: bool = True,
+        keep_central: bool = True,
         seed: int = 0,
     ) -> None:
         self.variant = choice("twist.variant", variant, Variant, TWIST_VARIANTS)
@@ -185,8 +196,21 @@ class TwISTCore:
                              "every step. HINT: add twist.optimizer_state=carry.")
         if not isinstance(shard_central, bool):
             raise ValueError(f"twist.shard_central={shard_central!r} must be true or false.")
+        if not isinstance(keep_central, bool):
+            raise ValueError(f"twist.keep_central={keep_central!r} must be true or false.")
+        if not keep_central:  # what needs the previous central values, which keep_central=false drops
+            needs = [(not shard_central, f"twist.shard_central={shard_central} (every rank keeps the whole central "
+                      "model)", "twist.shard_central=true"),
+                     (self.outer != OuterOptimizer.none, f"twist.outer={self.outer.value!r} (the outer step is taken "
+                      "from the previous central model)", "twist.outer=none"),
+                     (self.sync_dtype != SyncDtype.float32, f"twist.sync_dtype={self.sync_dtype.value!r} (the owners "
+                      "subtract the rounded changes from their exact previous values)", "twist.sync_dtype=float32")]
+            for bad, why, fix in needs:
+                if bad:
+                    raise ValueError(f"twist.keep_central=false drops the central model between syncs, which "
+                                     f"{why} needs. HINT: use {fix}, or twist.keep_central=true.")
         self.n_sub, self.common, self.scale, self.seed = n_sub, common, bool(scale), seed
-        self.shard_central = shard_central
+        self.shard_central, self.keep_central = shard_central, keep_central
         self.outer_lr, self.outer_momentum = float(outer_lr), float(outer_momentum)
 
         self.rank, self.world_size = 0, 1
@@ -201,6 +225,10 @@ class TwISTCore:
         self.plan: ShardPlan | None = None  # sharded central model: which rows each rank owns (None: one copy)
         self._materialized = True  # sharded: whether central_model holds the central values now
         self._kept = False  # sharded: materialized for good (after fit)
+        self._drop_pending = False  # keep_central=False: drop the shard when the next step starts
+        self._shard_dropped = False  # keep_central=False: the shard is dropped now (between syncs)
+        self._finite_when_dropped = True  # keep_central=False: whether the dropped shard was finite
+        self.sync_buffer_bytes = 0  # bytes of the exchange buffers and held copies the last sync made
         self._out_routes: list[list] = []  # sharded: [local worker][owner] -> Route
         self._in_routes: list = []  # sharded: [every worker] -> Route into this rank's shard
         self.blueprints: list[Blueprint] = []
@@ -240,6 +268,10 @@ class TwISTCore:
             raise ValueError(f"twist.warm_start={self.warm_start} is not shorter than the run "
                              f"(trainer.max_steps={max_steps}), so TwIST would never start. HINT: use a warm start "
                              "shorter than the run, or twist=none for data-parallel training.")
+        if not self.keep_central and world_size < 2:
+            raise ValueError("twist.keep_central=false needs several processes (it drops each rank's shard of the "
+                             "central model; one process keeps the one copy its masked workers restore from). "
+                             "HINT: set trainer.devices >= 2, or twist.keep_central=true.")
         spec = PartitionSpec.from_config(model.config, common=self.common)
         sample_blueprints(spec, world_size * self.workers_per_process, self.n_sub, self.seed, 0)  # raises if impossible
         if not spec.split_layers:  # TwIST would silently train the full model on every worker
@@ -286,6 +318,7 @@ class TwISTCore:
         self._start_round(blueprints, source=full)
         if sharded and physical:
             self.release()  # the full model's storage goes; the shard and the live slice remain
+        self._drop_pending = not self.keep_central
         return live
 
     def bind(self, optimizers: Sequence[Optimizer]) -> None:
@@ -430,6 +463,8 @@ class TwISTCore:
     # ---- training -------------------------------------------------------------------------------------------------
     def activate(self, k: int) -> None:
         """Make worker ``k`` live: its values in the model, its subnet, its optimizer state."""
+        if self._drop_pending and k == 0:  # a step starts: keep_central=False needs the shard again only at a sync
+            self._drop()
         w = self.workers[k]
         if self.workers_per_process > 1:
             self._live.copy_(w.values)
@@ -463,7 +498,14 @@ class TwISTCore:
 
     @torch.no_grad()
     def sync(self) -> None:
-        """Average every parameter over its holders into the central model, then resample."""
+        """Average every parameter over its holders into the central model, then resample.
+
+        The live model's gradients are freed first: the round's last step has used them, every step makes new
+        ones, and the sync's buffers would otherwise sit beside them (at GPT-2 124M a held-size copy)."""
+        if self.model is not None:
+            for p in self.model.parameters():
+                p.grad = None
+        self._drop_pending = False  # a step-start drop must not fire inside the sync (its _start_round activates)
         if self.plan is not None:
             self._sync_sharded()
             return
@@ -478,6 +520,8 @@ class TwISTCore:
             local = [self._encode(w, h) for w, h in zip(self.workers, local)]
         clock("pack")
         received = exchange_held(local, self.counter)
+        # the held copies and what the all_gather delivered (a physical worker's own values are not a copy)
+        self.sync_buffer_bytes = _nbytes(*(h for w, h in zip(self.workers, local) if h is not w.values), *received)
         clock("exchange")
         if self.sync_dtype != SyncDtype.float32:
             received = [self._decode(s, h) for s, h in enumerate(received)]
@@ -510,23 +554,21 @@ class TwISTCore:
                 average_over_holders(self.central_moments[key], layout, [p[i] for p in parts], indices,
                                      buffer=scratch)
 
-    def _sync_sharded(self) -> None:
-        """:meth:`sync` on a sharded central model: held rows to their owners, average there, new rows back.
-
-        Each phase is one ``all_to_all``; the buffers hold, per destination rank and per worker, every channel's
-        pieces (channel 0 the values, then the carried moments), in the order both sides derive from the routes.
-        A masked worker's values are cut from and pasted into its full-size buffer in place (no held copy), a
-        rank's pieces of its own shard skip the exchange, and each phase hands its spent buffers on (phase 1's
-        send buffer is the averaging scratch and phase 2's receive buffer; phase 1's receive buffer is phase 2's
-        send buffer), so a sync makes three of them (send, receive, own pieces) rather than six, each once: the
-        next round's sizes are known before phase 1, so each is made big enough for every phase it serves.
-        """
-        clock = _PhaseClock()
+    def _to_owners(self, clock: _PhaseClock, out_2: list[int], in_2: list[int], count: bool = True) -> tuple:
+        """Phase 1 of a sharded sync: every local worker's pieces to their owners, and this rank's shard of the
+        central model (made anew when ``keep_central=False`` dropped it) set to the holders' average. ``out_2`` /
+        ``in_2``: phase 2's sizes, which the buffers are made big enough for (zeros: no phase 2). Returns the spent
+        buffers phase 2 reuses: the scratch (phase 2's receive buffer), phase 1's receive buffer and view of it, and
+        the own-pieces buffer and view. ``count``: add the exchange to ``self.counter`` (training syncs only)."""
         carry = self.optimizer_policy == OptimizerState.carry
         bf16 = self.sync_dtype != SyncDtype.float32
         wire = self.sync_dtype.torch_dtype if bf16 else self.central.dtype
         W, me, wpp = self.world_size, self.rank, self.workers_per_process
-        channels = 1 + (len(MOMENTS) if carry else 0)
+        channels, others = self._channels(), self._others
+        if self._dropped:  # keep_central=False: the holders' average needs no previous value (every unit is held)
+            self.central = self.central.new_empty(self.plan.numel(me))
+            self._shard_dropped = False
+        counter = self.counter if count else None
         # phase 1: every local worker's pieces to their owners
         local = []  # per local worker: (vector, full-size?) per channel
         for w in self.workers:
@@ -538,24 +580,7 @@ class TwISTCore:
                 chans += [(self._held_moments(w, key).to(wire), False) for key in MOMENTS]
             local.append(chans)
 
-        # Per rank: what the local workers send it (out) and what its workers send here (in), every channel.
-        def out_sizes(routes: list[list]) -> list[int]:
-            return [channels * sum(routes[k][r].numel for k in range(wpp)) for r in range(W)]
-
-        def in_sizes(routes: list) -> list[int]:
-            return [channels * sum(routes[q * wpp + k].numel for k in range(wpp)) for q in range(W)]
-
-        def others(sizes: list[int]) -> list[int]:  # a rank's own pieces skip the exchange: its split is 0
-            return [0 if r == me else n for r, n in enumerate(sizes)]
-
-        # The next round's blueprints depend on the seed and the round only, so phase 2's sizes are known now and
-        # each buffer is made once, big enough for every phase it serves: a buffer made anew when a later phase
-        # outgrows it costs its page faults, on a virtual machine most of an exchange's time (measured here: a
-        # 156 MB all_to_all takes 0.18 s into a touched buffer, 0.3-1.3 s into a fresh one).
-        blueprints = self._draw(self.round + 1, self.steps_done)
-        routes = self._routes(blueprints)
-        out_1, in_1 = out_sizes(self._out_routes), in_sizes(self._in_routes)
-        out_2, in_2 = out_sizes(routes[1]), in_sizes(routes[2])
+        out_1, in_1 = self._out_sizes(self._out_routes), self._in_sizes(self._in_routes)
         # send (phase 1) -> the averages' scratch -> receive (phase 2); receive (phase 1) -> send (phase 2); and
         # the pieces a rank owns itself, which never enter the exchange: cut into `mine` (phase 2: gathered into
         # it) and read from there, so gloo makes no local copy of them.
@@ -565,6 +590,7 @@ class TwISTCore:
         send_buffer = new(max([sum(others(out_1)), *((largest, sum(others(out_2))) if reused else ())]))
         recv_buffer = new(max(sum(others(in_1)), sum(others(in_2))))
         mine_buffer = new(max(out_1[me], in_2[me]))
+        self.sync_buffer_bytes = _nbytes(send_buffer, recv_buffer, mine_buffer)
         sizes, send, mine = out_1, send_buffer[:sum(others(out_1))], mine_buffer[:out_1[me]]
         for r, buffer in enumerate(per_rank(send, mine, others(sizes), me)):
             at = 0
@@ -575,7 +601,7 @@ class TwISTCore:
                     at += route.numel
         del local
         clock("pack")
-        recv = all_to_all(send, others(sizes), others(in_1), me, self.counter, out=recv_buffer)
+        recv = all_to_all(send, others(sizes), others(in_1), me, counter, out=recv_buffer)
         clock("exchange")
         spare = send_buffer if reused else None  # made big enough for the scratch and phase 2's receive
         del send, send_buffer
@@ -594,6 +620,52 @@ class TwISTCore:
         self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare)
         del parts
         clock("average")
+        return spare, recv, recv_buffer, mine, mine_buffer
+
+    def _channels(self) -> int:
+        """Vectors a worker sends per sync: its values, then (``carry``) each Adam moment."""
+        return 1 + (len(MOMENTS) if self.optimizer_policy == OptimizerState.carry else 0)
+
+    def _out_sizes(self, routes: list[list]) -> list[int]:
+        """Per rank: what this rank's workers send it, every channel."""
+        wpp = self.workers_per_process
+        return [self._channels() * sum(routes[k][r].numel for k in range(wpp)) for r in range(self.world_size)]
+
+    def _in_sizes(self, routes: list) -> list[int]:
+        """Per rank: what its workers send this rank, every channel."""
+        wpp = self.workers_per_process
+        return [self._channels() * sum(routes[q * wpp + k].numel for k in range(wpp)) for q in range(self.world_size)]
+
+    def _others(self, sizes: list[int]) -> list[int]:
+        """An exchange's splits: a rank's own pieces skip it, so its split is 0."""
+        return [0 if r == self.rank else n for r, n in enumerate(sizes)]
+
+    def _sync_sharded(self) -> None:
+        """:meth:`sync` on a sharded central model: held rows to their owners, average there, new rows back.
+
+        Each phase is one ``all_to_all``; the buffers hold, per destination rank and per worker, every channel's
+        pieces (channel 0 the values, then the carried moments), in the order both sides derive from the routes.
+        A masked worker's values are cut from and pasted into its full-size buffer in place (no held copy), a
+        rank's pieces of its own shard skip the exchange, and each phase hands its spent buffers on (phase 1's
+        send buffer is the averaging scratch and phase 2's receive buffer; phase 1's receive buffer is phase 2's
+        send buffer), so a sync makes three of them (send, receive, own pieces) rather than six, each once: the
+        next round's sizes are known before phase 1, so each is made big enough for every phase it serves.
+        """
+        clock = _PhaseClock()
+        carry = self.optimizer_policy == OptimizerState.carry
+        bf16 = self.sync_dtype != SyncDtype.float32
+        wire = self.sync_dtype.torch_dtype if bf16 else self.central.dtype
+        W, me, wpp = self.world_size, self.rank, self.workers_per_process
+        channels, others = self._channels(), self._others
+        # The next round's blueprints depend on the seed and the round only, so phase 2's sizes are known now and
+        # each buffer is made once, big enough for every phase it serves: a buffer made anew when a later phase
+        # outgrows it costs its page faults, on a virtual machine most of an exchange's time (measured here: a
+        # 156 MB all_to_all takes 0.18 s into a touched buffer, 0.3-1.3 s into a fresh one).
+        blueprints = self._draw(self.round + 1, self.steps_done)
+        routes = self._routes(blueprints)
+        out_2, in_2 = self._out_sizes(routes[1]), self._in_sizes(routes[2])
+        spare, recv, recv_buffer, mine, mine_buffer = self._to_owners(clock, out_2, in_2)
+        shard = self.plan.shards[me]
         self.release()  # a gathered central model is stale now
         self.round += 1
         self.step_in_round = 0
@@ -633,6 +705,9 @@ class TwISTCore:
             return self._live if c == 0 and wpp == 1 else recv.new_empty(n_held)
 
         received = [[target(c) for c in range(channels)] for _ in range(wpp)]
+        self.sync_buffer_bytes += _nbytes(*(t for chans in received for t in chans if t is not self._live))
+        if bf16:  # the float32 copies of both receive buffers
+            self.sync_buffer_bytes += _nbytes(recv, mine)
         for r, buffer in enumerate(per_rank(recv, mine, others(out_2), me)):
             at = 0
             for k in range(wpp):
@@ -648,6 +723,7 @@ class TwISTCore:
         clock("paste")
         self._start_round(blueprints, received=received)
         clock("start_round")
+        self._drop_pending = not self.keep_central
         self.sync_phases = clock.phases
 
     # ---- the whole central model (sharded: on demand) ---------------------------------------------------------------
@@ -657,16 +733,39 @@ class TwISTCore:
         when the module holds it), so neither :meth:`release` nor a later sync drops its storage."""
         self._kept = self._kept or keep
         if self.plan is not None and not self._materialized:
+            preview = self._dropped
+            if preview:  # keep_central=False between syncs: the model a sync would make now, nothing resampled
+                no_phase_2 = [0] * self.world_size
+                self._to_owners(_PhaseClock(), no_phase_2, no_phase_2, count=False)
             full = self.plan.gather(self.central, self.rank)
+            if preview:
+                self._drop(after_sync=False)
             for p, view in zip(self.central_model.parameters(), self.layout.views(full)):
                 p.data = view
             self._materialized = True
         return self.central_model
 
+    @property
+    def _dropped(self) -> bool:
+        """``keep_central=False``: whether this rank's shard is dropped now (between a round's first step and
+        the next sync)."""
+        return self._shard_dropped
+
+    def _drop(self, after_sync: bool = True) -> None:
+        """``keep_central=False``: free this rank's shard of the central model (and of the carried moments)."""
+        self._drop_pending = False
+        if self._shard_dropped:
+            return
+        if after_sync:  # the divergence guard asks about the last sync's model
+            self._finite_when_dropped = bool(torch.isfinite(self.central).all())
+        self.central = self.central.new_empty(0)
+        self.central_moments = None
+        self._shard_dropped = True
+
     def central_is_finite(self) -> bool:
         """Whether every central value is finite; sharded, on every rank's rows (a collective: every rank calls it,
         so all of them stop together instead of one stopping while the others wait in the next sync)."""
-        finite = bool(torch.isfinite(self.central).all())
+        finite = self._finite_when_dropped if self._dropped else bool(torch.isfinite(self.central).all())
         if self.plan is not None:
             flag = torch.tensor([1.0 if finite else 0.0], device=self.central.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -759,6 +858,11 @@ class TwISTCore:
             raise ValueError(f"a TwIST resume state needs the keys {sorted(missing)}; this checkpoint's TwIST state "
                              "is incomplete. HINT: resume from a checkpoint written by a TwIST run.")
         self._pending = dict(state)
+
+
+def _nbytes(*tensors: torch.Tensor | None) -> int:
+    """Bytes of the distinct tensors given (``None`` skipped)."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors if t is not None}.values())
 
 
 def _empty_shell(model: GPT) -> GPT:

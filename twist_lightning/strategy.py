@@ -49,7 +49,7 @@ class TwISTStrategy(DDPStrategy):
 
     The TwIST keyword arguments are :class:`~twist_lightning.core.TwISTCore`'s (variant, sync_every, schedule,
     n_sub, common, scale, optimizer_state, workers_per_process, warm_start, outer, outer_lr, outer_momentum,
-    sync_dtype, shard_central, seed), checked here at construction; the rest are ``DDPStrategy``'s. The core is ``strategy.core``, and its
+    sync_dtype, shard_central, keep_central, seed), checked here at construction; the rest are ``DDPStrategy``'s. The core is ``strategy.core``, and its
     state (round, workers, central model, counters) reads through the properties below.
 
     Checkpoints hold the core's resume state under ``checkpoint["twist"]`` (written by ``SubnetResampling``, which
@@ -77,6 +77,7 @@ class TwISTStrategy(DDPStrategy):
         outer_momentum: float = 0.9,
         sync_dtype: str = "float32",
         shard_central: bool = True,
+        keep_central: bool = True,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -93,7 +94,8 @@ class TwISTStrategy(DDPStrategy):
         self.core = TwISTCore(variant=variant, sync_every=sync_every, schedule=schedule, n_sub=n_sub, common=common,
                               scale=scale, optimizer_state=optimizer_state, workers_per_process=workers_per_process,
                               warm_start=warm_start, outer=outer, outer_lr=outer_lr, outer_momentum=outer_momentum,
-                              sync_dtype=sync_dtype, shard_central=shard_central, seed=seed)
+                              sync_dtype=sync_dtype, shard_central=shard_central, keep_central=keep_central,
+                              seed=seed)
         self._swapped_out: GPT | None = None
         self._grads: GradAccumulators | None = None  # per-worker gradient sums between micro-batches
 
@@ -113,6 +115,7 @@ class TwISTStrategy(DDPStrategy):
     outer_momentum = _from_core("outer_momentum", "the outer step's momentum")
     sync_dtype = _from_core("sync_dtype", "the dtype held values travel in (an options.SyncDtype)")
     shard_central = _from_core("shard_central", "whether several processes shard the central model")
+    keep_central = _from_core("keep_central", "whether ranks keep their central shard between syncs")
     round = _from_core("round", "syncs done")
     step_in_round = _from_core("step_in_round", "optimizer steps since the last sync")
     counter = _from_core("counter", "bytes and calls handed to collectives")
