@@ -132,7 +132,8 @@ def test_strategy_rows_keep_the_wait_for_the_slower_rank_out_of_the_sync(tmp_pat
         return {"rank": r, "threads": 1, "steps": 8, "times_s": [step] * 4, "sync_times_s": work,
                 "sync_wait_times_s": wait,
                 "state": {"total": 10, "params": 4, "grads": 4, "optimizer": 2}, "bytes": 60, "calls": 4,
-                "received": 30, "syncs": 2, "sharded": True, "central_bytes": 8, "index_bytes": 1}
+                "received": 30, "syncs": 2, "sharded": True, "central_bytes": 8, "index_bytes": 1,
+                "held_peak_bytes": 18, "sync_peaks": [20 + r, 25]}
 
     # rank 0 is 0.5 s a step faster and waits for rank 1 at both syncs; the sync itself is 0.4 s on both
     passes = [[rank(0, 1.0, [2.0, 2.0], [0.4, 0.4]), rank(1, 1.5, [0.0, 0.0], [0.4, 0.4])]]
@@ -140,3 +141,5 @@ def test_strategy_rows_keep_the_wait_for_the_slower_rank_out_of_the_sync(tmp_pat
     assert row["step_s"] == 1.5 and row["sync_s"] == pytest.approx(0.4)
     assert row["sync_wait_s"] == pytest.approx(1.0) and row["sync_total_s"] == pytest.approx(1.4)
     assert row["step_amortized_s"] == pytest.approx(1.5 + 0.4 / 4)  # the wait is in the slower rank's steps
+    # memory: the most held at a step's end, and the largest sync peak of any rank, both with the indices
+    assert row["rank_total_bytes"] == 19 and row["sync_peak_bytes"] == 26

@@ -25,16 +25,20 @@ Every figure is measured inside the ranks by a callback and written to a per-ran
   all_gather delivers the other ranks' payloads; DDP's ring all-reduce 2 (world - 1) / world of its buffer, per
   step). ``config.traffic`` holds the same per rank for S = 2, 3, 4 real processes (tiny model) and, computed from
   that accounting, S = 8, 64, 512.
-* ``rank_total_bytes``: every byte the rank keeps for training: its training state (below), the central model
-  (sharded: the rank's rows), carried moments, the outer optimizer's state, the index bookkeeping and, sharded
-  with bf16, each worker's round-start reference; ``rank_ratio`` is that over DDP's. Sharded rows assemble the
-  whole central model only to validate and checkpoint (not in these runs) and after fit.
+* ``rank_total_bytes``: every byte the rank keeps for training, the most at any step's end: its training state
+  (below), the central model (sharded: the rank's rows; with ``keep_central=False`` only from a sync to the next
+  step, when the sync has freed the gradients), carried moments, the outer optimizer's state, the index
+  bookkeeping and, sharded with bf16, each worker's round-start reference; ``rank_ratio`` is that over DDP's.
+  Sharded rows assemble the whole central model only to validate and checkpoint (not in these runs) and after fit.
+* ``sync_peak_bytes``: what the rank holds at a sync's peak (``_sync_peak``): its weights and optimizer state,
+  the central shard and moments, and the exchange buffers and held copies the sync makes (the gradients are
+  freed first); ``sync_peak_ratio`` is that over DDP's rank total. DDP has no sync: it all-reduces in its buckets.
 * ``train_state_bytes``: the rank's peak over steps of parameters + gradients + optimizer state tensors it trains
   with (``numel * element_size`` of the optimizer's params, their ``.grad`` and ``optimizer.state``). TwIST's
   host-side central model (``strategy.central``, sharded: this rank's rows) is reported separately as
-  ``central_bytes``, and its index bookkeeping (every blueprint's row/column indices, masked workers' held masks
-  when unsharded, the shard routes when sharded) as ``index_bytes``. Not counted for DDP:
-  its gradient bucket buffers (one more gradient-sized copy unless ``gradient_as_bucket_view=True``).
+  ``central_bytes`` (at fit end), and its index bookkeeping (every blueprint's row/column indices, masked
+  workers' held masks when unsharded, the shard routes when sharded) as ``index_bytes``. DDP runs with
+  ``gradient_as_bucket_view=True``: its gradients are its all-reduce buckets, so no bucket copy is left out.
 
 Both ranks share the machine's cores (1 torch thread each on 2 cores) and the machine may be shared with other
 work, so times are noisy: rows run one after another per pass, and ``--repeats`` passes are interleaved; a row's
@@ -78,18 +82,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3 layers: with the first and last common a 2-layer model has nothing to split, which TwISTStrategy refuses
     "tiny": dict(model="tiny", n_layer=3, seq_len=32, batch=4, steps=6, warmup=1, repeats=1),
 }
-#: (label, TwIST variant or None for DDP, common set, sync dtype, sharded central model).
-ROWS: list[tuple[str, str | None, str | None, str, bool]] = [
-    ("ddp", None, None, "float32", False),
-    ("masked C=none", "masked", "none", "float32", True),
-    ("true C=none", "true", "none", "float32", True),
-    ("hybrid C=none", "hybrid", "none", "float32", True),
-    ("true C=first+last", "true", "default", "float32", True),
-    ("true C=none bf16", "true", "none", "bfloat16", True),
-    ("true C=none unsharded", "true", "none", "float32", False),  # the one-all_gather sync, side by side
+#: (label, TwIST variant or None for DDP, common set, sync dtype, sharded central model, kept between syncs).
+ROWS: list[tuple[str, str | None, str | None, str, bool, bool]] = [
+    ("ddp", None, None, "float32", False, True),
+    ("masked C=none", "masked", "none", "float32", True, True),
+    ("true C=none", "true", "none", "float32", True, True),
+    ("hybrid C=none", "hybrid", "none", "float32", True, True),
+    ("true C=first+last", "true", "default", "float32", True, True),
+    ("true C=none bf16", "true", "none", "bfloat16", True, True),
+    ("true C=none unsharded", "true", "none", "float32", False, True),  # the one-all_gather sync, side by side
+    ("true C=none dropped", "true", "none", "float32", True, False),  # keep_central=False
 ]
 COLUMNS = ["name", "step_s", "sync_s", "sync_wait_s", "step_amortized_s", "time_ratio", "bytes_per_step", "comm_ratio",
-           "received_per_sync_MB", "train_state_MB", "rank_total_MB", "rank_ratio", "central_MB", "index_MB"]
+           "received_per_sync_MB", "train_state_MB", "rank_total_MB", "rank_ratio", "sync_peak_ratio", "central_MB",
+           "index_MB"]
 #: Worker counts of the traffic table: run with that many real processes (tiny model), and computed only.
 TRAFFIC_RUN, TRAFFIC_COMPUTED = (2, 3, 4), (8, 64, 512)
 WORLD = 2
@@ -109,6 +115,7 @@ class TimedTwISTStrategy(TwISTStrategy):
         self.sync_times: list[float] = []
         self.sync_wait_times: list[float] = []
         self.sync_phases: list[dict[str, float]] = []  # per sync: seconds per phase (TwISTCore.sync_phases)
+        self.sync_peaks: list[int] = []  # per sync: bytes the rank holds at the sync's peak (see _sync_peak)
         untimed = self.core.sync
 
         def timed() -> None:
@@ -120,8 +127,25 @@ class TimedTwISTStrategy(TwISTStrategy):
             untimed()
             self.sync_times.append(time.perf_counter() - start)
             self.sync_phases.append(dict(self.core.sync_phases))
+            self.sync_peaks.append(_sync_peak(self.core))
 
         self.core.sync = timed
+
+
+def _sync_peak(core) -> int:
+    """Bytes a rank holds while it syncs, counted right after the sync from what is alive then: the live
+    parameters and optimizer state (the sync freed the gradients first), every local worker's values, the central
+    shard (with keep_central=False the one the sync made), carried moments, outer state, the round-start references
+    (bf16), plus the exchange buffers and held copies the sync made (``core.sync_buffer_bytes``, alive together at
+    phase 1's end). Counted by storage, so views of one buffer (a live model's parameters) count once."""
+    params = core.params()
+    alive = [*params, *(p.grad for p in params), *(w.values for w in core.workers), *(w.start for w in core.workers),
+             *(v for opt in core.optimizers for st in opt.state.values() for v in st.values()),
+             *(v for w in core.workers for st in w.optimizer_state.values() for v in st.values()),
+             core.central, *(core.central_moments or {}).values(), core.outer_buffer]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in alive
+                if torch.is_tensor(t) and t.numel() > 1}  # (Adam's step counts are scalars)
+    return sum(storages.values()) + core.sync_buffer_bytes
 
 
 def _tensor_bytes(tensors) -> int:
@@ -151,6 +175,7 @@ class RankProbe(L.Callback):
         self.folder = folder
         self.times: list[float] = []
         self.peak: dict[str, int] = {"total": -1}
+        self.held_peak = 0  # training state + central shard + moments + outer state, the most at any step's end
         self._start = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -161,6 +186,11 @@ class RankProbe(L.Callback):
         state = training_state(trainer)
         if state["total"] > self.peak["total"]:
             self.peak = state
+        # with what TwIST keeps beside it at this step (keep_central=False: a shard from a sync to the next step)
+        s = trainer.strategy
+        extra = _tensor_bytes([getattr(s, "central", None), *(getattr(s, "central_moments", None) or {}).values(),
+                               getattr(s, "outer_buffer", None)])
+        self.held_peak = max(self.held_peak, state["total"] + extra)
 
     def on_fit_end(self, trainer, pl_module) -> None:  # after TwIST's final sync in strategy.on_train_end
         s = trainer.strategy
@@ -181,6 +211,7 @@ class RankProbe(L.Callback):
             "syncs": getattr(s, "round", 0), "sharded": getattr(getattr(s, "core", None), "plan", None) is not None,
             "moments_bytes": _tensor_bytes(moments.values()), "outer_bytes": _tensor_bytes([outer]),
             "central_bytes": 0 if central is None else central.numel() * central.element_size(),
+            "held_peak_bytes": self.held_peak, "sync_peaks": getattr(s, "sync_peaks", []),
             "index_bytes": _tensor_bytes(indices),
             # sharded bf16: each worker's held values at the round's start (what its change is taken against)
             "reference_bytes": _tensor_bytes(w.start for w in getattr(s, "workers", []) if w.start is not None),
@@ -198,7 +229,7 @@ def _free_port() -> int:
 
 def _job(config: GPTConfig, variant: str | None, common: str | None, *, seq_len: int, batch: int, steps: int,
          sync_every: int, n_sub: float, seed: int, folder: str, timeout_s: int, sync_dtype: str = "float32",
-         shard: bool = True, world: int = WORLD) -> None:
+         shard: bool = True, keep: bool = True, world: int = WORLD) -> None:
     """Train one strategy in this (already launched) rank; the probe writes the rank's record into ``folder``."""
     torch.manual_seed(seed)
     module = TwISTLitModule(config, lr=1e-3, warmup_steps=0, decay_steps=max(steps, 1))
@@ -207,10 +238,12 @@ def _job(config: GPTConfig, variant: str | None, common: str | None, *, seq_len:
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=batch)
     timeout = timedelta(seconds=timeout_s)
     if variant is None:
-        strategy = CountingDDPStrategy(timeout=timeout)
+        # gradients as views of DDP's all-reduce buckets: no second gradient-sized copy beside its training state
+        strategy = CountingDDPStrategy(timeout=timeout, gradient_as_bucket_view=True)
     else:
         strategy = TimedTwISTStrategy(variant=variant, common=common, n_sub=n_sub, sync_every=sync_every,
-                                      seed=seed, timeout=timeout, sync_dtype=sync_dtype, shard_central=shard)
+                                      seed=seed, timeout=timeout, sync_dtype=sync_dtype, shard_central=shard,
+                                      keep_central=keep)
     trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[RankProbe(folder)])
@@ -269,8 +302,9 @@ def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]],
         received = max(r["received"] for r in last) / syncs
     state_rank = max(last, key=lambda r: r["state"]["total"])
     # every byte the rank keeps: what it trains with, the central model, carried moments, outer state, indices
-    held = max(r["state"]["total"] + r["central_bytes"] + r.get("moments_bytes", 0) + r.get("outer_bytes", 0)
-               + r["index_bytes"] + r.get("reference_bytes", 0) for r in last)
+    held = max(r["held_peak_bytes"] + r["index_bytes"] + r.get("reference_bytes", 0) for r in last)
+    # at a sync's peak (every sync of every rank); DDP has no sync: its all-reduce runs in its gradients' buckets
+    sync_peak = max([p + r["index_bytes"] for r in last for p in r.get("sync_peaks", [])] or [held])
     return {
         "name": f"{preset} {label}", "preset": preset, "strategy": "ddp" if variant is None else f"twist-{variant}",
         "steps": steps, "step_s": step_s, "step_s_per_pass": step_medians, "sync_s": sync_s,
@@ -282,7 +316,7 @@ def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]],
         "bytes_total": r0["bytes"], "collective_calls": r0["calls"], "bytes_per_sync": per_sync,
         "bytes_per_step": per_step, "bytes_per_step_measured": r0["bytes"] / max(steps, 1),
         "received_per_sync": received, "received_per_sync_MB": received / MB,
-        "rank_total_bytes": held, "rank_total_MB": held / MB,
+        "rank_total_bytes": held, "rank_total_MB": held / MB, "sync_peak_bytes": sync_peak,
         "moments_bytes": max(r.get("moments_bytes", 0) for r in last),
         "outer_bytes": max(r.get("outer_bytes", 0) for r in last),
         "train_state_bytes": state_rank["state"]["total"], "param_bytes": state_rank["state"]["params"],
@@ -316,12 +350,13 @@ def run(presets: list[str], steps: int | None = None, warmup: int | None = None,
         with tempfile.TemporaryDirectory(prefix="twist-bench-") as tmp:
             jobs = []
             for i in range(p["repeats"]):  # passes interleaved: load changes hit every strategy alike
-                for j, (label, variant, common, dtype, shard) in enumerate(ROWS):
+                for j, (label, variant, common, dtype, shard, keep) in enumerate(ROWS):
                     folder = Path(tmp, f"pass{i}-row{j}")
                     folder.mkdir()
                     jobs.append(dict(config=cfg, variant=variant, common=common, seq_len=seq_len, batch=p["batch"],
                                      steps=p["steps"], sync_every=sync_every, n_sub=n_sub, seed=seed,
-                                     folder=str(folder), timeout_s=timeout_s, sync_dtype=dtype, shard=shard))
+                                     folder=str(folder), timeout_s=timeout_s, sync_dtype=dtype, shard=shard,
+                                     keep=keep))
             run_jobs(jobs)
             for i in range(p["repeats"]):
                 for j, (label, *_) in enumerate(ROWS):
@@ -339,6 +374,7 @@ def run(presets: list[str], steps: int | None = None, warmup: int | None = None,
             row["comm_ratio"] = row["bytes_per_step"] / ddp["bytes_per_step"]
             row["state_ratio"] = row["train_state_bytes"] / ddp["train_state_bytes"]
             row["rank_ratio"] = row["rank_total_bytes"] / ddp["rank_total_bytes"]
+            row["sync_peak_ratio"] = row["sync_peak_bytes"] / ddp["rank_total_bytes"]
         rows.extend(preset_rows)
     config = _config(presets, settings, sync_every, n_sub, seed)
     config["traffic"] = traffic(sync_every=sync_every, n_sub=n_sub, seed=seed, timeout_s=timeout_s) if with_traffic \
@@ -422,14 +458,19 @@ def _targets(presets: list[str], rows: list[dict[str, Any]], traffic_rows: list[
                   max(r["sync_s"] for r in twist), "<= 1.0", max(r["sync_s"] for r in twist) <= 1.0),
            target(f"{main}: TwIST true step (amortized, sync included) / DDP's", by["true C=none"]["time_ratio"],
                   "<= 0.55", by["true C=none"]["time_ratio"] <= 0.55),
-           target(f"{main}: TwIST true per-rank bytes held (training state, central model, moments, outer state, "
-                  "indices) / DDP rank's", by["true C=none"]["rank_ratio"], "<= 0.72",
+           target(f"{main}: TwIST true per-rank bytes held (training state, central shard, moments, outer state, "
+                  "indices; the most at any step's end) / DDP rank's", by["true C=none"]["rank_ratio"], "<= 0.72",
                   by["true C=none"]["rank_ratio"] <= 0.72),
+           target(f"{main}: the same with keep_central=false (no central values between syncs)",
+                  by["true C=none dropped"]["rank_ratio"], "<= 0.72", by["true C=none dropped"]["rank_ratio"] <= 0.72),
+           target(f"{main}: TwIST true per-rank bytes at a sync's peak, keep_central=false (weights, moments, shard, "
+                  "exchange buffers; gradients freed) / DDP rank's", by["true C=none dropped"]["sync_peak_ratio"],
+                  "<= 0.72", by["true C=none dropped"]["sync_peak_ratio"] <= 0.72),
            target(f"{main}: TwIST masked step (amortized) / DDP's", by["masked C=none"]["time_ratio"], "<= 0.85",
                   by["masked C=none"]["time_ratio"] <= 0.85)]
-    # What no exact design can go below: the subnet's own training state (weights, grads, AdamW moments) plus an
-    # fp32 central model split over the ranks (1 / world of DDP's weights), the least that holds the values
-    # validation, checkpoints and units nobody holds this round need.
+    # What no design that keeps the central model can go below: the subnet's own training state (weights, grads,
+    # AdamW moments) plus an fp32 central model split over the ranks (1 / world of DDP's weights); keep_central=false
+    # drops the second term between syncs (the holders' average needs no previous value: every unit has a holder).
     true, ddp = by["true C=none"], next(r for r in by.values() if r["strategy"] == "ddp")
     memory = next(t for t in out if "bytes held" in t["name"])
     memory["floor"] = (true["train_state_bytes"] + ddp["param_bytes"] / WORLD) / ddp["rank_total_bytes"]
@@ -458,8 +499,8 @@ def _config(presets, settings, sync_every, n_sub, seed) -> dict[str, Any]:
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "note": (f"{WORLD} ranks share this machine's {os.cpu_count()} cores (threads per rank in rows[].per_rank); "
                  "bytes are payload handed to collectives, not wire traffic; TwIST bytes/step = measured bytes per "
-                 "sync / sync_every; times are medians after warm-up on a possibly shared machine; DDP's gradient "
-                 "bucket buffers are not in its training state."),
+                 "sync / sync_every; times are medians after warm-up on a possibly shared machine; DDP runs with "
+                 "gradient_as_bucket_view=True, so its gradients are its all-reduce buckets (no second copy)."),
     }
 
 
