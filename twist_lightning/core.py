@@ -47,7 +47,7 @@ from torch.optim import Optimizer
 from twist_lightning.model import GPT
 from twist_lightning.options import TWIST_VARIANTS, OptimizerState, OuterOptimizer, SyncDtype, Variant, choice
 from twist_lightning.partition import Blueprint, PartitionSpec, extract, param_index, sample_blueprints
-from twist_lightning.shards import ShardPlan, all_to_all, cut, paste, per_rank
+from twist_lightning.shards import ShardPlan, all_to_all, cut, own_pieces, paste
 from twist_lightning.workers import (
     CollectiveCounter,
     Layout,
@@ -581,46 +581,53 @@ class TwISTCore:
             local.append(chans)
 
         out_1, in_1 = self._out_sizes(self._out_routes), self._in_sizes(self._in_routes)
-        # send (phase 1) -> the averages' scratch -> receive (phase 2); receive (phase 1) -> send (phase 2); and
-        # the pieces a rank owns itself, which never enter the exchange: cut into `mine` (phase 2: gathered into
-        # it) and read from there, so gloo makes no local copy of them.
+        # send (phase 1) -> the averages' scratch -> receive (phase 2); receive (phase 1) -> send (phase 2). The
+        # pieces a rank owns itself never travel: they are read per parameter from the workers' values (views where
+        # a piece is a run of rows) and, in phase 2, written straight from the shard, so they need no buffer.
         reused = not bf16  # bf16's wire buffers are too narrow to be the scratch or a float32 receive buffer
         largest = max(shape.numel() for shape in self.plan.shards[me].shapes) if reused else 0
         new = functools.partial(torch.empty, dtype=wire, device=self.central.device)
         send_buffer = new(max([sum(others(out_1)), *((largest, sum(others(out_2))) if reused else ())]))
         recv_buffer = new(max(sum(others(in_1)), sum(others(in_2))))
-        mine_buffer = new(max(out_1[me], in_2[me]))
-        self.sync_buffer_bytes = _nbytes(send_buffer, recv_buffer, mine_buffer)
-        sizes, send, mine = out_1, send_buffer[:sum(others(out_1))], mine_buffer[:out_1[me]]
-        for r, buffer in enumerate(per_rank(send, mine, others(sizes), me)):
-            at = 0
+        send = send_buffer[:sum(others(out_1))]
+        at = 0
+        for r in range(W):  # rank-major, as all_to_all splits
             for k, w in enumerate(self.workers):
                 route = self._out_routes[k][r]
-                for vector, full in local[k]:
-                    cut(self.layout, vector, w.index, route, buffer[at:at + route.numel], full=full)
+                for vector, full in local[k] if r != me else ():
+                    cut(self.layout, vector, w.index, route, send[at:at + route.numel], full=full)
                     at += route.numel
-        del local
+        own = [[own_pieces(self.layout, vector, w.index, self._out_routes[k][me], full=full)
+                for vector, full in local[k]] for k, w in enumerate(self.workers)]
+        copies = [t for chans in own for pieces in chans for t in pieces if t._base is None]  # not views
+        self.sync_buffer_bytes = _nbytes(send_buffer, recv_buffer, *copies)
+        del local, copies
         clock("pack")
-        recv = all_to_all(send, others(sizes), others(in_1), me, counter, out=recv_buffer)
+        recv = all_to_all(send, others(out_1), others(in_1), me, counter, out=recv_buffer)
         clock("exchange")
         spare = send_buffer if reused else None  # made big enough for the scratch and phase 2's receive
         del send, send_buffer
-        shard = self.plan.shards[me]
-        parts = []
-        for q, buffer in enumerate(per_rank(recv, mine, others(in_1), me)):  # rank-major, as sent
-            at = 0
+        shard, dtype = self.plan.shards[me], self.central.dtype
+        parts, at = [], 0
+        for q in range(W):  # rank-major, as sent
             for k in range(wpp):
-                route, chans = self._in_routes[q * wpp + k], []
-                for _ in range(channels):
-                    chans.append(buffer[at:at + route.numel].to(self.central.dtype))
-                    at += route.numel
+                route = self._in_routes[q * wpp + k]
+                if q == me:
+                    chans = [[t.to(dtype) for t in pieces] for pieces in own[k]]
+                else:
+                    chans = []
+                    for _ in range(channels):
+                        chans.append(shard.split_held(recv[at:at + route.numel].to(dtype), route.index))
+                        at += route.numel
                 if bf16:  # undo the change against the round's start, which this rank owns
-                    chans[0] = shard.gather_held(self.central, route.index) - chans[0]
+                    chans[0] = [ref - change for ref, change in zip(shard.select_held(self.central, route.index),
+                                                                    chans[0])]
                 parts.append(chans)
+        del own
         self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare)
         del parts
         clock("average")
-        return spare, recv, recv_buffer, mine, mine_buffer
+        return spare, recv, recv_buffer
 
     def _channels(self) -> int:
         """Vectors a worker sends per sync: its values, then (``carry``) each Adam moment."""
@@ -646,10 +653,11 @@ class TwISTCore:
         Each phase is one ``all_to_all``; the buffers hold, per destination rank and per worker, every channel's
         pieces (channel 0 the values, then the carried moments), in the order both sides derive from the routes.
         A masked worker's values are cut from and pasted into its full-size buffer in place (no held copy), a
-        rank's pieces of its own shard skip the exchange, and each phase hands its spent buffers on (phase 1's
-        send buffer is the averaging scratch and phase 2's receive buffer; phase 1's receive buffer is phase 2's
-        send buffer), so a sync makes three of them (send, receive, own pieces) rather than six, each once: the
-        next round's sizes are known before phase 1, so each is made big enough for every phase it serves.
+        rank's pieces of its own shard skip the exchange and any buffer (read per parameter from the workers'
+        values, views where they are runs of rows; written back straight from the shard), and each phase hands its
+        spent buffers on (phase 1's send buffer is the averaging scratch and phase 2's receive buffer; phase 1's
+        receive buffer is phase 2's send buffer), so a sync makes two buffers rather than six, each once: the next
+        round's sizes are known before phase 1, so each is made big enough for every phase it serves.
         """
         clock = _PhaseClock()
         carry = self.optimizer_policy == OptimizerState.carry
@@ -664,8 +672,8 @@ class TwISTCore:
         blueprints = self._draw(self.round + 1, self.steps_done)
         routes = self._routes(blueprints)
         out_2, in_2 = self._out_sizes(routes[1]), self._in_sizes(routes[2])
-        spare, recv, recv_buffer, mine, mine_buffer = self._to_owners(clock, out_2, in_2)
-        shard = self.plan.shards[me]
+        spare, recv, recv_buffer = self._to_owners(clock, out_2, in_2)
+        shard, dtype = self.plan.shards[me], self.central.dtype
         self.release()  # a gathered central model is stale now
         self.round += 1
         self.step_in_round = 0
@@ -673,27 +681,25 @@ class TwISTCore:
         clock("resample")
         # phase 2: every owner's rows of every worker's new subnet, to the worker's rank
         sources = [self.central] + ([self.central_moments[key] for key in MOMENTS] if carry else [])
-        sizes = in_2
-        send = reuse(recv_buffer, sum(others(sizes)), wire)  # phase 1's pieces are averaged: spent
-        mine = reuse(mine_buffer, sizes[me], wire)
-        del recv, recv_buffer, mine_buffer
-        for q, buffer in enumerate(per_rank(send, mine, others(sizes), me)):
-            at = 0
-            for k in range(wpp):
+        send = reuse(recv_buffer, sum(others(in_2)), wire)  # phase 1's pieces are averaged: spent
+        del recv, recv_buffer
+        at = 0
+        for q in range(W):
+            for k in range(wpp if q != me else 0):
                 route = self._in_routes[q * wpp + k]
                 for source in sources:
-                    piece = buffer[at:at + route.numel]
+                    piece = send[at:at + route.numel]
                     if bf16:  # rounded on the way: the worker's start, which its next change is taken against
                         piece.copy_(shard.gather_held(source, route.index))
                     else:
                         shard.gather_held(source, route.index, out=piece)
                     at += route.numel
         clock("pack_back")
-        recv = all_to_all(send, others(sizes), others(out_2), me, self.counter, out=spare)
+        recv = all_to_all(send, others(in_2), others(out_2), me, self.counter, out=spare)
         clock("exchange_back")
         del send, spare
         if bf16:  # pasted into float32 buffers
-            recv, mine = recv.to(self.central.dtype), mine.to(self.central.dtype)
+            recv = recv.to(dtype)
         n_held = sum(s.numel() for s in self.layout.held_shapes(self.all_indices[me * wpp]))
         physical = self.physical_on(me)
 
@@ -706,20 +712,25 @@ class TwISTCore:
 
         received = [[target(c) for c in range(channels)] for _ in range(wpp)]
         self.sync_buffer_bytes += _nbytes(*(t for chans in received for t in chans if t is not self._live))
-        if bf16:  # the float32 copies of both receive buffers
-            self.sync_buffer_bytes += _nbytes(recv, mine)
-        for r, buffer in enumerate(per_rank(recv, mine, others(out_2), me)):
-            at = 0
+        if bf16:  # the float32 copy of the receive buffer
+            self.sync_buffer_bytes += _nbytes(recv)
+        at = 0
+        for r in range(W):
             for k in range(wpp):
                 route, index = self._out_routes[k][r], self.all_indices[me * wpp + k]
                 for c in range(channels):
-                    piece = buffer[at:at + route.numel]
+                    if r == me:  # this rank's own rows, straight from its shard (rounded as the wire rounds)
+                        piece = shard.select_held(sources[c], route.index)
+                        if bf16:
+                            piece = [t.to(wire).to(dtype) for t in piece]
+                    else:
+                        piece = recv[at:at + route.numel]
+                        at += route.numel
                     if received[k][c] is None:
                         paste(self.layout, self.workers[k].values, index, route, piece, full=True)
                     else:
                         paste(self.layout, received[k][c], index, route, piece)
-                    at += route.numel
-        del recv, mine
+        del recv
         clock("paste")
         self._start_round(blueprints, received=received)
         clock("start_round")

@@ -171,20 +171,31 @@ def cut(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, out
         offset += n
 
 
-def paste(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, pieces: torch.Tensor,
-          full: bool = False) -> None:
-    """The inverse of :func:`cut`: put an owner's pieces into their places in a worker's held vector (or, with
-    ``full=True``, its full-size buffer; elements outside the subnet keep their values)."""
+def own_pieces(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route, full: bool = False
+               ) -> list[torch.Tensor]:
+    """What :func:`cut` writes, per parameter instead of into a buffer: views where a piece is a run of rows of
+    ``held``, copies (``index_select``) where it is not. A rank's pieces of its own shard never travel, so they
+    need no buffer (and the views no copy)."""
+    return [view if dim is None else torch.index_select(view, dim, idx)
+            for view, dim, idx in _pieces(layout, held, index, route, full)]
+
+
+def paste(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route,
+          pieces: torch.Tensor | list[torch.Tensor], full: bool = False) -> None:
+    """The inverse of :func:`cut`: put an owner's pieces (one flat vector, or a list per parameter) into their places
+    in a worker's held vector (or, with ``full=True``, its full-size buffer; elements outside the subnet keep their
+    values)."""
     offset = 0
-    for view, dim, idx in _pieces(layout, held, index, route, full):
-        if dim is None:
-            n = view.numel()
-            view.copy_(pieces[offset:offset + n].view_as(view))
-        else:
-            shape = list(view.shape)
+    for p, (view, dim, idx) in enumerate(_pieces(layout, held, index, route, full)):
+        shape = list(view.shape)
+        if dim is not None:
             shape[dim] = len(idx)
-            n = math.prod(shape)
-            view.index_copy_(dim, idx, pieces[offset:offset + n].view(shape))
+        n = math.prod(shape)
+        piece = pieces[p] if isinstance(pieces, list) else pieces[offset:offset + n]
+        if dim is None:
+            view.copy_(piece.view_as(view))
+        else:
+            view.index_copy_(dim, idx, piece.view(shape))
         offset += n
 
 
@@ -201,14 +212,3 @@ def all_to_all(send: torch.Tensor, send_sizes: list[int], recv_sizes: list[int],
         counter.calls += 1
     dist.all_to_all_single(recv, send, recv_sizes, send_sizes)
     return recv
-
-
-
-def per_rank(others: torch.Tensor, mine: torch.Tensor, sizes: list[int], rank: int) -> list[torch.Tensor]:
-    """Every rank's split of an exchange buffer: ``mine`` for ``rank`` itself (its own pieces skip the
-    all_to_all, where its split is 0), consecutive ``sizes`` slices of ``others`` for the rest."""
-    views, offset = [], 0
-    for r, n in enumerate(sizes):
-        views.append(mine if r == rank else others[offset:offset + n])
-        offset += n
-    return views

@@ -104,6 +104,12 @@ class Layout:
             offset += n
         return out
 
+    def select_held(self, flat: torch.Tensor, index: ParamIndex) -> list[torch.Tensor]:
+        """:meth:`gather_held` per parameter: a view of each parameter ``index`` does not narrow, a copy of each
+        one it does (no flat vector)."""
+        return [torch.index_select(view, *index[name]) if name in index else view
+                for name, view in zip(self.names, self.views(flat))]
+
     def scatter_held(self, flat: torch.Tensor, index: ParamIndex, held: torch.Tensor) -> None:
         """The inverse of :meth:`gather_held`: write a held vector into its places in a full-size flat buffer
         (elements outside the subnet keep their values)."""
@@ -174,14 +180,15 @@ def average_over_holders(central: torch.Tensor, layout: Layout, held: list[torch
                          indices: list[ParamIndex], buffer: torch.Tensor | None = None) -> None:
     """Set each central element to the mean of its holders' values (unheld elements keep theirs).
 
-    ``held[s]`` is worker ``s``'s held vector and ``indices[s]`` its parameter index, for all S workers. Holder
+    ``held[s]`` is worker ``s``'s held vector (or its held tensors, a list per parameter) and ``indices[s]`` its
+    parameter index, for all S workers. Holder
     counts need no communication: every rank knows every blueprint. Per parameter, the counts live along the one
     narrowed dimension (a vector, not a full-size tensor), the sums go into one reused buffer the size of the
     largest parameter, and the division and the "keep unheld" choice run in place: one pass per worker over its
     held values plus two over the parameter, and no other full-size temporary. ``buffer``: a spent buffer to use
     for the sums when it is big enough (a sharded sync passes its phase-1 send buffer; a new one costs page faults).
     """
-    pieces = [layout.split_held(h, idx) for h, idx in zip(held, indices)]  # [S][P] views
+    pieces = [h if isinstance(h, list) else layout.split_held(h, idx) for h, idx in zip(held, indices)]  # [S][P]
     largest = max(shape.numel() for shape in layout.shapes)
     buffer = reuse(buffer, largest, central.dtype, central.device)
     for p, (name, target) in enumerate(zip(layout.names, layout.views(central))):
