@@ -201,7 +201,9 @@ def _train_probed(rank: int, kw: dict, keep: bool, steps: int, probes=(), finish
             opt.step()
             opt.zero_grad(set_to_none=True)
             core.deactivate(k)
-        core.end_step()
+        if core.end_step():
+            out.setdefault("sync_peaks", []).append(core.sync_peak_bytes)
+            out["alive_after_sync"] = (core.central.numel() + sum(w.values.numel() for w in core.workers)) * 4
         out["shard_numel"].append(core.central.numel())
         if step in probes:
             out[step] = whole()
@@ -251,6 +253,9 @@ def test_a_central_model_dropped_between_syncs_is_the_kept_one_at_every_sync(tmp
             sizes = dropped["shard_numel"]
             assert [s > 0 for s in sizes] == [False, False, True, False, False, True, False, False], (name, sizes)
             assert all(s == kept["shard_numel"][2] for s in kept["shard_numel"]), name
+            # a sync's peak is the same with or without a kept shard (both hold it then), above shard + values
+            assert dropped["sync_peaks"] == kept["sync_peaks"][:len(dropped["sync_peaks"])], name
+            assert all(p > dropped["alive_after_sync"] for p in dropped["sync_peaks"]), name
 
 
 @pytest.mark.parametrize("kw, match", [

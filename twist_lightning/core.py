@@ -228,7 +228,7 @@ class TwISTCore:
         self._drop_pending = False  # keep_central=False: drop the shard when the next step starts
         self._shard_dropped = False  # keep_central=False: the shard is dropped now (between syncs)
         self._finite_when_dropped = True  # keep_central=False: whether the dropped shard was finite
-        self.sync_buffer_bytes = 0  # bytes of the exchange buffers and held copies the last sync made
+        self.sync_peak_bytes = 0  # the most bytes alive during the last sync (see _note_peak)
         self._out_routes: list[list] = []  # sharded: [local worker][owner] -> Route
         self._in_routes: list = []  # sharded: [every worker] -> Route into this rank's shard
         self.blueprints: list[Blueprint] = []
@@ -420,7 +420,8 @@ class TwISTCore:
                     worker.mask = self.layout.held_mask(index, device)
             if self.plan is not None and self.sync_dtype != SyncDtype.float32:
                 start = worker.held(self.layout)  # the reference its bf16 change is taken against
-                worker.start = start.clone() if start is values else start  # a masked worker's is already a copy
+                # bf16 exactly (the start is the rounded central value): half the bytes of a float32 copy
+                worker.start = start.to(self.sync_dtype.torch_dtype)
             self.workers.append(worker)
         self.activate(0)
 
@@ -520,8 +521,8 @@ class TwISTCore:
             local = [self._encode(w, h) for w, h in zip(self.workers, local)]
         clock("pack")
         received = exchange_held(local, self.counter)
-        # the held copies and what the all_gather delivered (a physical worker's own values are not a copy)
-        self.sync_buffer_bytes = _nbytes(*(h for w, h in zip(self.workers, local) if h is not w.values), *received)
+        self.sync_peak_bytes = 0
+        self._note_peak(*local, *received)  # the held copies and what the all_gather delivered
         clock("exchange")
         if self.sync_dtype != SyncDtype.float32:
             received = [self._decode(s, h) for s, h in enumerate(received)]
@@ -573,7 +574,7 @@ class TwISTCore:
         local = []  # per local worker: (vector, full-size?) per channel
         for w in self.workers:
             if bf16:
-                chans = [((w.start - w.held(self.layout)).to(wire), False)]
+                chans = [((w.start - w.held(self.layout)).to(wire), False)]  # (bf16 - float32: in float32)
             else:  # a masked worker's values are read from its full buffer
                 chans = [(w.values, not w.physical)]
             if carry:  # moments travel as they are (see _reference)
@@ -600,32 +601,34 @@ class TwISTCore:
         own = [[own_pieces(self.layout, vector, w.index, self._out_routes[k][me], full=full)
                 for vector, full in local[k]] for k, w in enumerate(self.workers)]
         copies = [t for chans in own for pieces in chans for t in pieces if t._base is None]  # not views
-        self.sync_buffer_bytes = _nbytes(send_buffer, recv_buffer, *copies)
-        del local, copies
+        self.sync_peak_bytes = 0
+        self._note_peak(send_buffer, recv_buffer, *copies, *(vector for chans in local for vector, _ in chans))
+        del local
         clock("pack")
         recv = all_to_all(send, others(out_1), others(in_1), me, counter, out=recv_buffer)
         clock("exchange")
         spare = send_buffer if reused else None  # made big enough for the scratch and phase 2's receive
         del send, send_buffer
-        shard, dtype = self.plan.shards[me], self.central.dtype
+        shard = self.plan.shards[me]
         parts, at = [], 0
         for q in range(W):  # rank-major, as sent
             for k in range(wpp):
                 route = self._in_routes[q * wpp + k]
                 if q == me:
-                    chans = [[t.to(dtype) for t in pieces] for pieces in own[k]]
-                else:
+                    chans = own[k]
+                else:  # (in the wire dtype: the average reads each piece in float32 once, no copy here)
                     chans = []
                     for _ in range(channels):
-                        chans.append(shard.split_held(recv[at:at + route.numel].to(dtype), route.index))
+                        chans.append(shard.split_held(recv[at:at + route.numel], route.index))
                         at += route.numel
-                if bf16:  # undo the change against the round's start, which this rank owns
+                if bf16:  # undo the change against the round's start, which this rank owns (float32 - bf16)
                     chans[0] = [ref - change for ref, change in zip(shard.select_held(self.central, route.index),
                                                                     chans[0])]
                 parts.append(chans)
         del own
         self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare)
-        del parts
+        self._note_peak(spare, recv_buffer, *copies, *(t for chans in parts for pieces in chans for t in pieces))
+        del parts, copies
         clock("average")
         return spare, recv, recv_buffer
 
@@ -711,9 +714,6 @@ class TwISTCore:
             return self._live if c == 0 and wpp == 1 else recv.new_empty(n_held)
 
         received = [[target(c) for c in range(channels)] for _ in range(wpp)]
-        self.sync_buffer_bytes += _nbytes(*(t for chans in received for t in chans if t is not self._live))
-        if bf16:  # the float32 copy of the receive buffer
-            self.sync_buffer_bytes += _nbytes(recv)
         at = 0
         for r in range(W):
             for k in range(wpp):
@@ -730,12 +730,27 @@ class TwISTCore:
                         paste(self.layout, self.workers[k].values, index, route, piece, full=True)
                     else:
                         paste(self.layout, received[k][c], index, route, piece)
+        self._note_peak(recv, *(t for chans in received for t in chans))
         del recv
         clock("paste")
         self._start_round(blueprints, received=received)
         clock("start_round")
         self._drop_pending = not self.keep_central
         self.sync_phases = clock.phases
+
+    def _note_peak(self, *temporaries: torch.Tensor | None) -> None:
+        """Raise ``sync_peak_bytes`` to what is alive now: the sync's ``temporaries`` and what the rank keeps (the
+        live parameters and gradients, every local worker's values, optimizer state and round-start reference, the
+        central shard and moments, the outer state). Counted by storage, so a view adds nothing to its base."""
+        params = self.params()
+        kept = [*params, *(p.grad for p in params), self._live, *(w.values for w in self.workers),
+                *(w.start for w in self.workers),
+                *(v for w in self.workers for state in w.optimizer_state.values() for v in state.values()),
+                *(v for opt in self.optimizers for state in opt.state.values() for v in state.values()),
+                self.central, *(self.central_moments or {}).values(), self.outer_buffer]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in (*kept, *temporaries) if torch.is_tensor(t) and t.dim() > 0}
+        self.sync_peak_bytes = max(self.sync_peak_bytes, sum(storages.values()))
 
     # ---- the whole central model (sharded: on demand) ---------------------------------------------------------------
     def materialize(self, keep: bool = False) -> GPT:

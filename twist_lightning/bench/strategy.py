@@ -30,9 +30,10 @@ Every figure is measured inside the ranks by a callback and written to a per-ran
   step, when the sync has freed the gradients), carried moments, the outer optimizer's state, the index
   bookkeeping and, sharded with bf16, each worker's round-start reference; ``rank_ratio`` is that over DDP's.
   Sharded rows assemble the whole central model only to validate and checkpoint (not in these runs) and after fit.
-* ``sync_peak_bytes``: what the rank holds at a sync's peak (``_sync_peak``): its weights and optimizer state,
-  the central shard and moments, and the exchange buffers and held copies the sync makes (the gradients are
-  freed first); ``sync_peak_ratio`` is that over DDP's rank total. DDP has no sync: it all-reduces in its buckets.
+* ``sync_peak_bytes``: the most bytes alive during a sync (``TwISTCore.sync_peak_bytes``, noted at each phase's
+  end): the workers' values and optimizer state, the central shard and moments, the exchange buffers and the held
+  copies the sync makes (the gradients are freed first), plus the indices; ``sync_peak_ratio`` is that over DDP's
+  rank total. DDP has no sync: it all-reduces in its buckets.
 * ``train_state_bytes``: the rank's peak over steps of parameters + gradients + optimizer state tensors it trains
   with (``numel * element_size`` of the optimizer's params, their ``.grad`` and ``optimizer.state``). TwIST's
   host-side central model (``strategy.central``, sharded: this rank's rows) is reported separately as
@@ -115,7 +116,7 @@ class TimedTwISTStrategy(TwISTStrategy):
         self.sync_times: list[float] = []
         self.sync_wait_times: list[float] = []
         self.sync_phases: list[dict[str, float]] = []  # per sync: seconds per phase (TwISTCore.sync_phases)
-        self.sync_peaks: list[int] = []  # per sync: bytes the rank holds at the sync's peak (see _sync_peak)
+        self.sync_peaks: list[int] = []  # per sync: the most bytes alive during it (TwISTCore.sync_peak_bytes)
         untimed = self.core.sync
 
         def timed() -> None:
@@ -127,25 +128,9 @@ class TimedTwISTStrategy(TwISTStrategy):
             untimed()
             self.sync_times.append(time.perf_counter() - start)
             self.sync_phases.append(dict(self.core.sync_phases))
-            self.sync_peaks.append(_sync_peak(self.core))
+            self.sync_peaks.append(self.core.sync_peak_bytes)
 
         self.core.sync = timed
-
-
-def _sync_peak(core) -> int:
-    """Bytes a rank holds while it syncs, counted right after the sync from what is alive then: the live
-    parameters and optimizer state (the sync freed the gradients first), every local worker's values, the central
-    shard (with keep_central=False the one the sync made), carried moments, outer state, the round-start references
-    (bf16), plus the exchange buffers and held copies the sync made (``core.sync_buffer_bytes``, alive together at
-    phase 1's end). Counted by storage, so views of one buffer (a live model's parameters) count once."""
-    params = core.params()
-    alive = [*params, *(p.grad for p in params), *(w.values for w in core.workers), *(w.start for w in core.workers),
-             *(v for opt in core.optimizers for st in opt.state.values() for v in st.values()),
-             *(v for w in core.workers for st in w.optimizer_state.values() for v in st.values()),
-             core.central, *(core.central_moments or {}).values(), core.outer_buffer]
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in alive
-                if torch.is_tensor(t) and t.numel() > 1}  # (Adam's step counts are scalars)
-    return sum(storages.values()) + core.sync_buffer_bytes
 
 
 def _tensor_bytes(tensors) -> int:
