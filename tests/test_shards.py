@@ -253,8 +253,10 @@ def test_a_central_model_dropped_between_syncs_is_the_kept_one_at_every_sync(tmp
             sizes = dropped["shard_numel"]
             assert [s > 0 for s in sizes] == [False, False, True, False, False, True, False, False], (name, sizes)
             assert all(s == kept["shard_numel"][2] for s in kept["shard_numel"]), name
-            # a sync's peak is the same with or without a kept shard (both hold it then), above shard + values
-            assert dropped["sync_peaks"] == kept["sync_peaks"][:len(dropped["sync_peaks"])], name
+            # a sync's peak is the same with or without a kept shard (both hold it then; a kept run also holds its
+            # carried moments' shards while it packs), above shard + values
+            peaks = zip(dropped["sync_peaks"], kept["sync_peaks"], strict=False)
+            assert all(d == k if "carry" not in name else d <= k for d, k in peaks), name
             assert all(p > dropped["alive_after_sync"] for p in dropped["sync_peaks"]), name
 
 

@@ -501,11 +501,15 @@ class TwISTCore:
     def sync(self) -> None:
         """Average every parameter over its holders into the central model, then resample.
 
-        The live model's gradients are freed first: the round's last step has used them, every step makes new
-        ones, and the sync's buffers would otherwise sit beside them (at GPT-2 124M a held-size copy)."""
+        What the round no longer needs is freed first, so the sync's buffers do not sit beside it: the live
+        model's gradients (the round's last step has used them, every step makes new ones) and, with
+        ``optimizer_state="reset"``, the workers' Adam moments (the next round starts from zero anyway; at GPT-2
+        124M twice the held values). Carried moments are freed once they are packed."""
         if self.model is not None:
             for p in self.model.parameters():
                 p.grad = None
+        if self.optimizer_policy == OptimizerState.reset:
+            self._free_optimizer_state()
         self._drop_pending = False  # a step-start drop must not fire inside the sync (its _start_round activates)
         if self.plan is not None:
             self._sync_sharded()
@@ -555,12 +559,13 @@ class TwISTCore:
                 average_over_holders(self.central_moments[key], layout, [p[i] for p in parts], indices,
                                      buffer=scratch)
 
-    def _to_owners(self, clock: _PhaseClock, out_2: list[int], in_2: list[int], count: bool = True) -> tuple:
+    def _to_owners(self, clock: _PhaseClock, out_2: list[int], in_2: list[int], sync: bool = True) -> tuple:
         """Phase 1 of a sharded sync: every local worker's pieces to their owners, and this rank's shard of the
         central model (made anew when ``keep_central=False`` dropped it) set to the holders' average. ``out_2`` /
         ``in_2``: phase 2's sizes, which the buffers are made big enough for (zeros: no phase 2). Returns the spent
         buffers phase 2 reuses: the scratch (phase 2's receive buffer), phase 1's receive buffer and view of it, and
-        the own-pieces buffer and view. ``count``: add the exchange to ``self.counter`` (training syncs only)."""
+        the own-pieces buffer and view. ``sync``: a training sync (not a look between syncs): the exchange counts in
+        ``self.counter``, and carried moments are freed once packed (the next round's come from the owners)."""
         carry = self.optimizer_policy == OptimizerState.carry
         bf16 = self.sync_dtype != SyncDtype.float32
         wire = self.sync_dtype.torch_dtype if bf16 else self.central.dtype
@@ -569,12 +574,13 @@ class TwISTCore:
         if self._dropped:  # keep_central=False: the holders' average needs no previous value (every unit is held)
             self.central = self.central.new_empty(self.plan.numel(me))
             self._shard_dropped = False
-        counter = self.counter if count else None
+        counter = self.counter if sync else None
         # phase 1: every local worker's pieces to their owners
         local = []  # per local worker: (vector, full-size?) per channel
         for w in self.workers:
             if bf16:
-                chans = [((w.start - w.held(self.layout)).to(wire), False)]  # (bf16 - float32: in float32)
+                # (a float32 copy of the bf16 start: a mixed-dtype subtraction is several times slower on CPU)
+                chans = [(w.start.to(self.central.dtype).sub_(w.held(self.layout)).to(wire), False)]
             else:  # a masked worker's values are read from its full buffer
                 chans = [(w.values, not w.physical)]
             if carry:  # moments travel as they are (see _reference)
@@ -604,6 +610,8 @@ class TwISTCore:
         self.sync_peak_bytes = 0
         self._note_peak(send_buffer, recv_buffer, *copies, *(vector for chans in local for vector, _ in chans))
         del local
+        if sync and carry:
+            self._free_optimizer_state()
         clock("pack")
         recv = all_to_all(send, others(out_1), others(in_1), me, counter, out=recv_buffer)
         clock("exchange")
@@ -621,9 +629,9 @@ class TwISTCore:
                     for _ in range(channels):
                         chans.append(shard.split_held(recv[at:at + route.numel], route.index))
                         at += route.numel
-                if bf16:  # undo the change against the round's start, which this rank owns (float32 - bf16)
-                    chans[0] = [ref - change for ref, change in zip(shard.select_held(self.central, route.index),
-                                                                    chans[0])]
+                if bf16:  # undo the change against the round's start, which this rank owns
+                    chans[0] = [torch.sub(ref, change.to(ref.dtype))
+                                for ref, change in zip(shard.select_held(self.central, route.index), chans[0])]
                 parts.append(chans)
         del own
         self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare)
@@ -738,6 +746,13 @@ class TwISTCore:
         self._drop_pending = not self.keep_central
         self.sync_phases = clock.phases
 
+    def _free_optimizer_state(self) -> None:
+        """Empty every local worker's optimizer state (the optimizers' ``state`` is the active worker's dict)."""
+        for w in self.workers:
+            w.optimizer_state.clear()
+        for opt in self.optimizers:
+            opt.state.clear()
+
     def _note_peak(self, *temporaries: torch.Tensor | None) -> None:
         """Raise ``sync_peak_bytes`` to what is alive now: the sync's ``temporaries`` and what the rank keeps (the
         live parameters and gradients, every local worker's values, optimizer state and round-start reference, the
@@ -762,7 +777,7 @@ class TwISTCore:
             preview = self._dropped
             if preview:  # keep_central=False between syncs: the model a sync would make now, nothing resampled
                 no_phase_2 = [0] * self.world_size
-                self._to_owners(_PhaseClock(), no_phase_2, no_phase_2, count=False)
+                self._to_owners(_PhaseClock(), no_phase_2, no_phase_2, sync=False)
             full = self.plan.gather(self.central, self.rank)
             if preview:
                 self._drop(after_sync=False)

@@ -437,10 +437,16 @@ def _targets(presets: list[str], rows: list[dict[str, Any]], traffic_rows: list[
     """The strategy-performance issue's targets, judged on the main preset (GPT-2 124M shape when run)."""
     main = "gpt2" if "gpt2" in presets else presets[0]
     by = {r["name"].removeprefix(f"{main} "): r for r in rows if r["preset"] == main}
-    twist = [r for name, r in by.items() if r["strategy"] != "ddp"]
-    out = [target(f"{main}: sync seconds once every rank has arrived, slowest variant "
-                  f"({max(twist, key=lambda r: r['sync_s'])['name']})",
-                  max(r["sync_s"] for r in twist), "<= 1.0", max(r["sync_s"] for r in twist) <= 1.0),
+    # the variants as they ship (sharded, float32); bf16 judged on its own line; the unsharded row is the old
+    # all_gather sync, kept beside them for comparison only
+    variants = [r for name, r in by.items() if r["strategy"] != "ddp" and "bf16" not in name
+                and "unsharded" not in name]
+    slowest = max(variants, key=lambda r: r["sync_s"])
+    bf16_sync = by["true C=none bf16"]["sync_s"]
+    out = [target(f"{main}: sync seconds once every rank has arrived, slowest variant, sharded float32 "
+                  f"({slowest['name']})", slowest["sync_s"], "<= 1.0", slowest["sync_s"] <= 1.0),
+           target(f"{main}: sync seconds with sync_dtype=bfloat16 (true C=none)", bf16_sync, "<= 1.0",
+                  bf16_sync <= 1.0),
            target(f"{main}: TwIST true step (amortized, sync included) / DDP's", by["true C=none"]["time_ratio"],
                   "<= 0.55", by["true C=none"]["time_ratio"] <= 0.55),
            target(f"{main}: TwIST true per-rank bytes held (training state, central shard, moments, outer state, "
