@@ -591,10 +591,10 @@ class TwISTCore:
         # send (phase 1) -> the averages' scratch -> receive (phase 2); receive (phase 1) -> send (phase 2). The
         # pieces a rank owns itself never travel: they are read per parameter from the workers' values (views where
         # a piece is a run of rows) and, in phase 2, written straight from the shard, so they need no buffer.
-        reused = not bf16  # bf16's wire buffers are too narrow to be the scratch or a float32 receive buffer
-        largest = max(shape.numel() for shape in self.plan.shards[me].shapes) if reused else 0
+        scratch = not bf16  # a bf16 buffer is too narrow to be the averages' float32 scratch
+        largest = max(shape.numel() for shape in self.plan.shards[me].shapes) if scratch else 0
         new = functools.partial(torch.empty, dtype=wire, device=self.central.device)
-        send_buffer = new(max([sum(others(out_1)), *((largest, sum(others(out_2))) if reused else ())]))
+        send_buffer = new(max(sum(others(out_1)), sum(others(out_2)), largest))
         recv_buffer = new(max(sum(others(in_1)), sum(others(in_2))))
         send = send_buffer[:sum(others(out_1))]
         at = 0
@@ -615,7 +615,7 @@ class TwISTCore:
         clock("pack")
         recv = all_to_all(send, others(out_1), others(in_1), me, counter, out=recv_buffer)
         clock("exchange")
-        spare = send_buffer if reused else None  # made big enough for the scratch and phase 2's receive
+        spare = send_buffer  # made big enough for the scratch and phase 2's receive
         del send, send_buffer
         shard = self.plan.shards[me]
         parts, at = [], 0
@@ -634,7 +634,7 @@ class TwISTCore:
                                 for ref, change in zip(shard.select_held(self.central, route.index), chans[0])]
                 parts.append(chans)
         del own
-        self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare)
+        self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare if scratch else None)
         self._note_peak(spare, recv_buffer, *copies, *(t for chans in parts for pieces in chans for t in pieces))
         del parts, copies
         clock("average")
@@ -709,8 +709,6 @@ class TwISTCore:
         recv = all_to_all(send, others(in_2), others(out_2), me, self.counter, out=spare)
         clock("exchange_back")
         del send, spare
-        if bf16:  # pasted into float32 buffers
-            recv = recv.to(dtype)
         n_held = sum(s.numel() for s in self.layout.held_shapes(self.all_indices[me * wpp]))
         physical = self.physical_on(me)
 
@@ -719,7 +717,7 @@ class TwISTCore:
         def target(c: int) -> torch.Tensor | None:
             if c == 0 and not physical:
                 return None
-            return self._live if c == 0 and wpp == 1 else recv.new_empty(n_held)
+            return self._live if c == 0 and wpp == 1 else recv.new_empty(n_held, dtype=dtype)
 
         received = [[target(c) for c in range(channels)] for _ in range(wpp)]
         at = 0
@@ -730,7 +728,7 @@ class TwISTCore:
                     if r == me:  # this rank's own rows, straight from its shard (rounded as the wire rounds)
                         piece = shard.select_held(sources[c], route.index)
                         if bf16:
-                            piece = [t.to(wire).to(dtype) for t in piece]
+                            piece = [t.to(wire) for t in piece]
                     else:
                         piece = recv[at:at + route.numel]
                         at += route.numel

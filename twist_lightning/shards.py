@@ -193,9 +193,9 @@ def paste(layout: Layout, held: torch.Tensor, index: ParamIndex, route: Route,
         n = math.prod(shape)
         piece = pieces[p] if isinstance(pieces, list) else pieces[offset:offset + n]
         if dim is None:
-            view.copy_(piece.view_as(view))
-        else:
-            view.index_copy_(dim, idx, piece.view(shape))
+            view.copy_(piece.view_as(view))  # (converts a bf16 piece on the way)
+        else:  # index_copy_ takes one dtype: a bf16 piece is converted alone, not the whole buffer first
+            view.index_copy_(dim, idx, piece.view(shape).to(view.dtype))
         offset += n
 
 
