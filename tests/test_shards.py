@@ -79,24 +79,34 @@ CASES = [  # (name, TwISTCore settings); every case runs sharded and unsharded o
 ]
 
 
-def _train(rank: int, kw: dict, shard: bool, steps: int = 7) -> tuple[dict, dict]:
-    core = TwISTCore(n_sub=2, sync_every=3, seed=3, shard_central=shard, **kw)
+def _start(rank: int, kw: dict, **settings) -> tuple[TwISTCore, GPT, torch.optim.Optimizer, torch.Generator]:
+    """A core set up on this rank (a sync every 3 steps) with its live model, optimizer and this rank's data."""
+    core = TwISTCore(n_sub=2, sync_every=3, seed=3, **settings, **kw)
     live = core.setup(gpt(), rank=rank, world_size=dist.get_world_size())
     optimizer = torch.optim.AdamW if kw.get("optimizer_state") == "carry" else torch.optim.SGD
     opt = optimizer(live.parameters(), lr=0.05)
     core.bind([opt])
+    return core, live, opt, torch.Generator().manual_seed(100 + rank)
+
+
+def _step(core: TwISTCore, live: GPT, opt: torch.optim.Optimizer, g: torch.Generator) -> bool:
+    """One optimizer step of every local worker on its rows of a random batch; whether it ended in a sync."""
     n = core.workers_per_process
-    g = torch.Generator().manual_seed(100 + rank)
+    data = torch.randint(0, SHAPE["vocab_size"], (4, SHAPE["block_size"] + 1), generator=g)
+    x, y = data[:, :-1], data[:, 1:]
+    for k in range(n):
+        core.activate(k)
+        live(x[k::n], y[k::n])[1].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        core.deactivate(k)
+    return core.end_step()
+
+
+def _train(rank: int, kw: dict, shard: bool, steps: int = 7) -> tuple[dict, dict]:
+    core, live, opt, g = _start(rank, kw, shard_central=shard)
     for _ in range(steps):
-        data = torch.randint(0, SHAPE["vocab_size"], (4, SHAPE["block_size"] + 1), generator=g)
-        x, y = data[:, :-1], data[:, 1:]
-        for k in range(n):
-            core.activate(k)
-            live(x[k::n], y[k::n])[1].backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            core.deactivate(k)
-        core.end_step()
+        _step(core, live, opt, g)
     core.finish()
     held = core.central.numel()
     model = core.materialize()
@@ -174,16 +184,10 @@ DROPPED = [  # keep_central=False against the kept shard, every variant and the 
 ]
 
 
-def _train_probed(rank: int, kw: dict, keep: bool, steps: int, probes=(), finish=True) -> dict:
+def _train_probed(rank: int, kw: dict, keep: bool, steps: int, probes=()) -> dict:
     """Train ``steps`` plain steps (a sync every 3); the whole central model after each step in ``probes`` and at
     the end, and the size of this rank's central shard after every step."""
-    core = TwISTCore(n_sub=2, sync_every=3, seed=3, keep_central=keep, **kw)
-    live = core.setup(gpt(), rank=rank, world_size=dist.get_world_size())
-    optimizer = torch.optim.AdamW if kw.get("optimizer_state") == "carry" else torch.optim.SGD
-    opt = optimizer(live.parameters(), lr=0.05)
-    core.bind([opt])
-    n = core.workers_per_process
-    g = torch.Generator().manual_seed(100 + rank)
+    core, live, opt, g = _start(rank, kw, keep_central=keep)
     out = {"shard_numel": []}
 
     def whole() -> dict:
@@ -193,23 +197,14 @@ def _train_probed(rank: int, kw: dict, keep: bool, steps: int, probes=(), finish
         return state
 
     for step in range(1, steps + 1):
-        data = torch.randint(0, SHAPE["vocab_size"], (4, SHAPE["block_size"] + 1), generator=g)
-        x, y = data[:, :-1], data[:, 1:]
-        for k in range(n):
-            core.activate(k)
-            live(x[k::n], y[k::n])[1].backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            core.deactivate(k)
-        if core.end_step():
+        if _step(core, live, opt, g):
             out.setdefault("sync_peaks", []).append(core.sync_peak_bytes)
             out["alive_after_sync"] = (core.central.numel() + sum(w.values.numel() for w in core.workers)) * 4
         out["shard_numel"].append(core.central.numel())
         if step in probes:
             out[step] = whole()
             out[f"finite{step}"] = core.central_is_finite()
-    if finish:
-        core.finish()
+    core.finish()
     out["end"] = whole()
     return out
 
