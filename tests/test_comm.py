@@ -122,7 +122,8 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
     assert set(report) == {"bench", "machine", "config", "rows", "targets"} and report["bench"] == "strategy"
     names = [r["name"] for r in report["rows"]]
     assert names == ["tiny ddp", "tiny masked C=none", "tiny true C=none", "tiny hybrid C=none",
-                     "tiny true C=first+last", "tiny true C=none bf16", "tiny true C=none unsharded"]
+                     "tiny true C=first+last", "tiny true C=none bf16", "tiny true C=none unsharded",
+                     "tiny true C=none dropped"]
     for row in report["rows"]:
         assert {"step_s", "bytes_per_step", "bytes_per_sync", "train_state_bytes", "central_bytes",
                 "comm_ratio", "time_ratio", "state_ratio", "per_rank"} <= set(row)
@@ -151,6 +152,13 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
     assert unsharded["rank_total_bytes"] == sum(unsharded[k] for k in parts)  # equal shards: every rank alike
     assert bf16["reference_bytes"] > 0 == true["reference_bytes"]
     assert ddp["rank_total_bytes"] == ddp["train_state_bytes"]
+    # keep_central=false: between syncs the rank holds its training state and indices only; at a sync, what the
+    # kept run holds (the shard it makes, the buffers), less than the kept run's weights + moments + grads + shard
+    dropped = report["rows"][7]
+    assert dropped["rank_total_bytes"] == dropped["train_state_bytes"] + dropped["index_bytes"]
+    assert dropped["rank_total_bytes"] < true["rank_total_bytes"] - 0.9 * true["central_bytes"]
+    assert dropped["sync_peak_bytes"] == true["sync_peak_bytes"] > true["central_bytes"] + true["param_bytes"]
+    assert ddp["sync_peak_bytes"] == ddp["rank_total_bytes"]
     traffic = {t["workers"]: t for t in report["config"]["traffic"]}
     assert sorted(traffic) == [2, 3, 4, 8, 64, 512] and all(traffic[s]["run"] == (s <= 4) for s in traffic)
     for s in (2, 3, 4):  # unsharded, an all_gather: each rank receives the other S - 1 workers' held vectors
