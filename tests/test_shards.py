@@ -76,13 +76,17 @@ CASES = [  # (name, TwISTCore settings); every case runs sharded and unsharded o
                          outer_momentum=0.5)),
     ("carry-bf16", dict(variant="masked", workers_per_process=2, optimizer_state="carry", sync_dtype="bfloat16")),
     ("true-bf16", dict(variant="true", sync_dtype="bfloat16")),
+    # bf16 parameters (Lightning's precision="bf16-true"): the round's start must be a copy, not the live values
+    ("true-bf16-params", dict(variant="true", sync_dtype="bfloat16", param_dtype=torch.bfloat16)),
 ]
 
 
 def _start(rank: int, kw: dict, **settings) -> tuple[TwISTCore, GPT, torch.optim.Optimizer, torch.Generator]:
     """A core set up on this rank (a sync every 3 steps) with its live model, optimizer and this rank's data."""
+    kw = dict(kw)
+    model = gpt().to(kw.pop("param_dtype", torch.float32))
     core = TwISTCore(n_sub=2, sync_every=3, seed=3, **settings, **kw)
-    live = core.setup(gpt(), rank=rank, world_size=dist.get_world_size())
+    live = core.setup(model, rank=rank, world_size=dist.get_world_size())
     optimizer = torch.optim.AdamW if kw.get("optimizer_state") == "carry" else torch.optim.SGD
     opt = optimizer(live.parameters(), lr=0.05)
     core.bind([opt])
@@ -202,7 +206,9 @@ def _train_probed(rank: int, kw: dict, keep: bool, steps: int, probes=()) -> dic
             out["alive_after_sync"] = (core.central.numel() + sum(w.values.numel() for w in core.workers)) * 4
         out["shard_numel"].append(core.central.numel())
         if step in probes:
+            peak = core.sync_peak_bytes
             out[step] = whole()
+            assert core.sync_peak_bytes == peak  # a look between syncs is not a sync
             out[f"finite{step}"] = core.central_is_finite()
     core.finish()
     out["end"] = whole()

@@ -318,7 +318,7 @@ class TwISTCore:
         self._start_round(blueprints, source=full)
         if sharded and physical:
             self.release()  # the full model's storage goes; the shard and the live slice remain
-        self._drop_pending = not self.keep_central
+        self._drop_pending, self._shard_dropped, self._finite_when_dropped = not self.keep_central, False, True
         return live
 
     def bind(self, optimizers: Sequence[Optimizer]) -> None:
@@ -421,7 +421,7 @@ class TwISTCore:
             if self.plan is not None and self.sync_dtype != SyncDtype.float32:
                 start = worker.held(self.layout)  # the reference its bf16 change is taken against
                 # bf16 exactly (the start is the rounded central value): half the bytes of a float32 copy
-                worker.start = start.to(self.sync_dtype.torch_dtype)
+                worker.start = start.to(self.sync_dtype.torch_dtype, copy=True)  # (never the live values)
             self.workers.append(worker)
         self.activate(0)
 
@@ -504,7 +504,7 @@ class TwISTCore:
         What the round no longer needs is freed first, so the sync's buffers do not sit beside it: the live
         model's gradients (the round's last step has used them, every step makes new ones) and, with
         ``optimizer_state="reset"``, the workers' Adam moments (the next round starts from zero anyway; at GPT-2
-        124M twice the held values). Carried moments are freed once they are packed."""
+        124M twice the held values). Sharded, carried moments are freed once they are packed."""
         if self.model is not None:
             for p in self.model.parameters():
                 p.grad = None
@@ -563,24 +563,24 @@ class TwISTCore:
         """Phase 1 of a sharded sync: every local worker's pieces to their owners, and this rank's shard of the
         central model (made anew when ``keep_central=False`` dropped it) set to the holders' average. ``out_2`` /
         ``in_2``: phase 2's sizes, which the buffers are made big enough for (zeros: no phase 2). Returns the spent
-        buffers phase 2 reuses: the scratch (phase 2's receive buffer), phase 1's receive buffer and view of it, and
-        the own-pieces buffer and view. ``sync``: a training sync (not a look between syncs): the exchange counts in
+        buffers phase 2 reuses: the send buffer (the averages' scratch and phase 2's receive buffer), and phase 1's
+        received pieces with their buffer (phase 2's send buffer). ``sync``: a training sync (not a look between syncs): the exchange counts in
         ``self.counter``, and carried moments are freed once packed (the next round's come from the owners)."""
         carry = self.optimizer_policy == OptimizerState.carry
         bf16 = self.sync_dtype != SyncDtype.float32
         wire = self.sync_dtype.torch_dtype if bf16 else self.central.dtype
         W, me, wpp = self.world_size, self.rank, self.workers_per_process
         channels, others = self._channels(), self._others
-        if self._dropped:  # keep_central=False: the holders' average needs no previous value (every unit is held)
+        made = self._dropped
+        if made:  # keep_central=False: the holders' average needs no previous value (every unit is held)
             self.central = self.central.new_empty(self.plan.numel(me))
-            self._shard_dropped = False
         counter = self.counter if sync else None
         # phase 1: every local worker's pieces to their owners
         local = []  # per local worker: (vector, full-size?) per channel
         for w in self.workers:
             if bf16:
                 # (a float32 copy of the bf16 start: a mixed-dtype subtraction is several times slower on CPU)
-                chans = [(w.start.to(self.central.dtype).sub_(w.held(self.layout)).to(wire), False)]
+                chans = [(w.start.to(self.central.dtype, copy=True).sub_(w.held(self.layout)).to(wire), False)]
             else:  # a masked worker's values are read from its full buffer
                 chans = [(w.values, not w.physical)]
             if carry:  # moments travel as they are (see _reference)
@@ -607,8 +607,9 @@ class TwISTCore:
         own = [[own_pieces(self.layout, vector, w.index, self._out_routes[k][me], full=full)
                 for vector, full in local[k]] for k, w in enumerate(self.workers)]
         copies = [t for chans in own for pieces in chans for t in pieces if t._base is None]  # not views
-        self.sync_peak_bytes = 0
-        self._note_peak(send_buffer, recv_buffer, *copies, *(vector for chans in local for vector, _ in chans))
+        if sync:  # (a look between syncs leaves the last sync's figure alone)
+            self.sync_peak_bytes = 0
+            self._note_peak(send_buffer, recv_buffer, *copies, *(vector for chans in local for vector, _ in chans))
         del local
         if sync and carry:
             self._free_optimizer_state()
@@ -635,8 +636,11 @@ class TwISTCore:
                 parts.append(chans)
         del own
         self._aggregate(shard, parts, [route.index for route in self._in_routes], scratch=spare if scratch else None)
-        self._note_peak(spare, recv_buffer, *copies, *(t for chans in parts for pieces in chans for t in pieces))
+        if sync:
+            self._note_peak(spare, recv_buffer, *copies, *(t for chans in parts for pieces in chans for t in pieces))
         del parts, copies
+        if made:  # averaged: the shard holds values now (not before, should an exchange fail)
+            self._shard_dropped = False
         clock("average")
         return spare, recv, recv_buffer
 
@@ -768,8 +772,8 @@ class TwISTCore:
     # ---- the whole central model (sharded: on demand) ---------------------------------------------------------------
     def materialize(self, keep: bool = False) -> GPT:
         """The central model with its current values (sharded: gathered from every rank's rows, a collective every
-        rank must call; it stays whole until :meth:`release` or the next sync). ``keep``: for good (after fit,
-        when the module holds it), so neither :meth:`release` nor a later sync drops its storage."""
+        rank must call; it stays whole, as it was then, until :meth:`release` or the next sync). ``keep``: for good
+        (after fit, when the module holds it), so neither :meth:`release` nor a later sync drops its storage."""
         self._kept = self._kept or keep
         if self.plan is not None and not self._materialized:
             preview = self._dropped
@@ -803,7 +807,8 @@ class TwISTCore:
 
     def central_is_finite(self) -> bool:
         """Whether every central value is finite; sharded, on every rank's rows (a collective: every rank calls it,
-        so all of them stop together instead of one stopping while the others wait in the next sync)."""
+        so all of them stop together instead of one stopping while the others wait in the next sync). With
+        ``keep_central=False`` between syncs: whether the last sync's model was."""
         finite = self._finite_when_dropped if self._dropped else bool(torch.isfinite(self.central).all())
         if self.plan is not None:
             flag = torch.tensor([1.0 if finite else 0.0], device=self.central.device)
