@@ -398,3 +398,21 @@ def test_two_processes_keep_central_false_equals_kept_and_resumes_mid_round_bit_
     fit(resumed, twist(keep_central=False, **kw), devices=2, max_steps=7, callbacks=[SubnetResampling()],
         ckpt_path=str(tmp_path / "step=4.ckpt"), n=32)
     assert_same(params(resumed), params(runs[False]), atol=0)
+
+
+def test_two_processes_keep_central_false_validates_between_syncs_without_changing_training():
+    """keep_central=False with Lightning's validation: the sanity check (shard just made), validations mid-round
+    (a look at the holders' average now, a collective on both ranks) and after a sync leave training as it is,
+    and the masked variant trains the same model as with the shard kept."""
+    kw = dict(variant="masked", n_sub=2, common="none", sync_every=3, start_method="spawn")
+    runs = {}
+    for keep, validate in ((True, True), (False, True), (False, False)):
+        os.environ["MASTER_PORT"] = str(free_port())
+        runs[keep, validate] = make_module()
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=twist(keep_central=keep, **kw), max_steps=7,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, val_check_interval=2 if validate else None,
+                            limit_val_batches=2 if validate else 0, num_sanity_val_steps=1)
+        trainer.fit(runs[keep, validate], loader(4, 32), loader(4, 16, seed=2))
+    assert_same(params(runs[False, True]), params(runs[True, True]), atol=0)
+    assert_same(params(runs[False, True]), params(runs[False, False]), atol=0)
