@@ -4,6 +4,7 @@ Multi-process tests spawn gloo processes that drive ``TwISTCore`` with a plain t
 does in one process), once sharded and once not, and compare the whole central models.
 """
 
+import contextlib
 import os
 import socket
 
@@ -66,6 +67,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def gloo(rank: int, world: int, port: int):
+    """This spawned process as rank ``rank`` of a ``world``-process gloo group, destroyed on the way out."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 CASES = [  # (name, TwISTCore settings); every case runs sharded and unsharded on every rank
     ("masked", dict(variant="masked")),
     ("true", dict(variant="true")),
@@ -119,17 +131,13 @@ def _train(rank: int, kw: dict, shard: bool, steps: int = 7) -> tuple[dict, dict
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo(rank, world, port):
         results = {}
         for name, kw in CASES:
             if kw["variant"] == "hybrid" and world < 2:
                 continue
             results[name] = {shard: _train(rank, kw, shard) for shard in (True, False)}
         torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -157,9 +165,7 @@ def test_sharded_and_unsharded_syncs_give_identical_central_models(tmp_path, wor
 
 
 def _finite_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo(rank, world, port):
         core = TwISTCore(variant="masked", n_sub=2)
         core.setup(gpt(), rank=rank, world_size=world)
         seen = [core.central_is_finite()]
@@ -167,8 +173,6 @@ def _finite_worker(rank: int, world: int, port: int, out: str) -> None:
             core.central[0] = float("nan")  # only rank 0's rows
         seen.append(core.central_is_finite())
         torch.save(seen, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_non_finite_row_on_one_rank_is_seen_by_every_rank(tmp_path):
@@ -216,9 +220,7 @@ def _train_probed(rank: int, kw: dict, keep: bool, steps: int, probes=()) -> dic
 
 
 def _dropped_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo(rank, world, port):
         results = {}
         for name, kw in DROPPED:
             results[name] = {
@@ -230,8 +232,6 @@ def _dropped_worker(rank: int, world: int, port: int, out: str) -> None:
                 "dropped": _train_probed(rank, kw, False, 8, probes=(6, 7)),
             }
         torch.save(results, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -226,7 +226,7 @@ class TwISTCore:
         self._materialized = True  # sharded: whether central_model holds the central values now
         self._kept = False  # sharded: materialized for good (after fit)
         self._drop_pending = False  # keep_central=False: drop the shard when the next step starts
-        self._shard_dropped = False  # keep_central=False: the shard is dropped now (between syncs)
+        self._shard_dropped = False  # keep_central=False: the shard is dropped now (a round's first step to a sync)
         self._finite_when_dropped = True  # keep_central=False: whether the dropped shard was finite
         self.sync_peak_bytes = 0  # the most bytes alive during the last sync (see _note_peak)
         self._out_routes: list[list] = []  # sharded: [local worker][owner] -> Route
@@ -564,14 +564,15 @@ class TwISTCore:
         central model (made anew when ``keep_central=False`` dropped it) set to the holders' average. ``out_2`` /
         ``in_2``: phase 2's sizes, which the buffers are made big enough for (zeros: no phase 2). Returns the spent
         buffers phase 2 reuses: the send buffer (the averages' scratch and phase 2's receive buffer), and phase 1's
-        received pieces with their buffer (phase 2's send buffer). ``sync``: a training sync (not a look between syncs): the exchange counts in
-        ``self.counter``, and carried moments are freed once packed (the next round's come from the owners)."""
+        received pieces with their buffer (phase 2's send buffer). ``sync``: a training sync, not a look between
+        syncs: the exchange counts in ``self.counter``, and carried moments are freed once packed (the next
+        round's come from the owners)."""
         carry = self.optimizer_policy == OptimizerState.carry
         bf16 = self.sync_dtype != SyncDtype.float32
         wire = self.sync_dtype.torch_dtype if bf16 else self.central.dtype
         W, me, wpp = self.world_size, self.rank, self.workers_per_process
         channels, others = self._channels(), self._others
-        made = self._dropped
+        made = self._shard_dropped
         if made:  # keep_central=False: the holders' average needs no previous value (every unit is held)
             self.central = self.central.new_empty(self.plan.numel(me))
         counter = self.counter if sync else None
@@ -776,7 +777,7 @@ class TwISTCore:
         (after fit, when the module holds it), so neither :meth:`release` nor a later sync drops its storage."""
         self._kept = self._kept or keep
         if self.plan is not None and not self._materialized:
-            preview = self._dropped
+            preview = self._shard_dropped
             if preview:  # keep_central=False between syncs: the model a sync would make now, nothing resampled
                 no_phase_2 = [0] * self.world_size
                 self._to_owners(_PhaseClock(), no_phase_2, no_phase_2, sync=False)
@@ -787,12 +788,6 @@ class TwISTCore:
                 p.data = view
             self._materialized = True
         return self.central_model
-
-    @property
-    def _dropped(self) -> bool:
-        """``keep_central=False``: whether this rank's shard is dropped now (between a round's first step and
-        the next sync)."""
-        return self._shard_dropped
 
     def _drop(self, after_sync: bool = True) -> None:
         """``keep_central=False``: free this rank's shard of the central model (and of the carried moments)."""
@@ -809,7 +804,7 @@ class TwISTCore:
         """Whether every central value is finite; sharded, on every rank's rows (a collective: every rank calls it,
         so all of them stop together instead of one stopping while the others wait in the next sync). With
         ``keep_central=False`` between syncs: whether the last sync's model was."""
-        finite = self._finite_when_dropped if self._dropped else bool(torch.isfinite(self.central).all())
+        finite = self._finite_when_dropped if self._shard_dropped else bool(torch.isfinite(self.central).all())
         if self.plan is not None:
             flag = torch.tensor([1.0 if finite else 0.0], device=self.central.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -902,11 +897,6 @@ class TwISTCore:
             raise ValueError(f"a TwIST resume state needs the keys {sorted(missing)}; this checkpoint's TwIST state "
                              "is incomplete. HINT: resume from a checkpoint written by a TwIST run.")
         self._pending = dict(state)
-
-
-def _nbytes(*tensors: torch.Tensor | None) -> int:
-    """Bytes of the distinct tensors given (``None`` skipped)."""
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors if t is not None}.values())
 
 
 def _empty_shell(model: GPT) -> GPT:

@@ -49,8 +49,9 @@ class TwISTStrategy(DDPStrategy):
 
     The TwIST keyword arguments are :class:`~twist_lightning.core.TwISTCore`'s (variant, sync_every, schedule,
     n_sub, common, scale, optimizer_state, workers_per_process, warm_start, outer, outer_lr, outer_momentum,
-    sync_dtype, shard_central, keep_central, seed), checked here at construction; the rest are ``DDPStrategy``'s. The core is ``strategy.core``, and its
-    state (round, workers, central model, counters) reads through the properties below.
+    sync_dtype, shard_central, keep_central, seed), checked here at construction; the rest are ``DDPStrategy``'s.
+    The core is ``strategy.core``, and its state (round, workers, central model, counters) reads through the
+    properties below.
 
     Checkpoints hold the core's resume state under ``checkpoint["twist"]`` (written by ``SubnetResampling``, which
     the strategy adds to the trainer when it is missing), and :meth:`load_checkpoint` reads it back, so a resumed

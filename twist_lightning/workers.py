@@ -176,17 +176,17 @@ def exchange_held(local: list[torch.Tensor], counter: CollectiveCounter | None =
 
 
 @torch.no_grad()
-def average_over_holders(central: torch.Tensor, layout: Layout, held: list[torch.Tensor],
+def average_over_holders(central: torch.Tensor, layout: Layout, held: list[torch.Tensor | list[torch.Tensor]],
                          indices: list[ParamIndex], buffer: torch.Tensor | None = None) -> None:
     """Set each central element to the mean of its holders' values (unheld elements keep theirs).
 
     ``held[s]`` is worker ``s``'s held vector (or its held tensors, a list per parameter) and ``indices[s]`` its
-    parameter index, for all S workers. Holder
-    counts need no communication: every rank knows every blueprint. Per parameter, the counts live along the one
-    narrowed dimension (a vector, not a full-size tensor), the sums go into one reused buffer the size of the
-    largest parameter, and the division and the "keep unheld" choice run in place: one pass per worker over its
-    held values plus two over the parameter, and no other full-size temporary. ``buffer``: a spent buffer to use
-    for the sums when it is big enough (a sharded sync passes its phase-1 send buffer; a new one costs page faults).
+    parameter index, for all S workers. Holder counts need no communication: every rank knows every blueprint. Per
+    parameter, the counts live along the one narrowed dimension (a vector, not a full-size tensor), the sums go into
+    one reused buffer the size of the largest parameter, and the division and the "keep unheld" choice run in place:
+    one pass per worker over its held values plus two over the parameter, and no other full-size temporary.
+    ``buffer``: a spent buffer to use for the sums when it is big enough (a sharded sync passes its phase-1 send
+    buffer; a new one costs page faults).
     """
     pieces = [h if isinstance(h, list) else layout.split_held(h, idx) for h, idx in zip(held, indices)]  # [S][P]
     largest = max(shape.numel() for shape in layout.shapes)
