@@ -24,6 +24,48 @@ def test_weights_are_tied():
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
+def _tied_grad(model: GPT, idx: torch.Tensor, targets: torch.Tensor, dense_lookup: bool) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    if dense_lookup:  # the plain nn.Embedding call: a dense vocab x width gradient for the look-up
+        model.token_embedding = model.transformer.wte
+    _, loss = model(idx, targets)
+    loss.backward()
+    if dense_lookup:
+        del model.token_embedding
+    return model.lm_head.weight.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tied_embedding_gradient_is_dense_and_equals_the_dense_lookup(dtype):
+    torch.manual_seed(0)
+    model = GPT(tiny()).to(dtype)
+    distinct = torch.randperm(256)[:2 * 32].view(2, 32)  # no token twice: the same sums in the same order
+    repeats = torch.randint(0, 8, (2, 32))  # many repeats: a row's look-up terms are added in another order
+    targets = torch.randint(0, 256, (2, 32))
+    for idx, exact in ((distinct, True), (repeats, False)):
+        sparse = _tied_grad(model, idx, targets, dense_lookup=False)
+        dense = _tied_grad(model, idx, targets, dense_lookup=True)
+        assert sparse.layout == torch.strided and sparse.dtype == dtype and sparse.shape == (256, model.config.n_embd)
+        if exact:
+            assert torch.equal(sparse, dense)
+        else:
+            tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
+            torch.testing.assert_close(sparse, dense, rtol=tol, atol=tol * dense.abs().max().item())
+            assert sparse[idx.unique()].abs().sum() > 0
+
+
+def test_lookup_is_sparse_only_while_tied_and_training():
+    model = GPT(tiny())
+    idx = torch.randint(0, 256, (1, 8))
+    assert model.token_embedding(idx).grad_fn._saved_sparse  # tied and training: the sparse look-up
+    with torch.no_grad():
+        assert torch.equal(model.token_embedding(idx), model.transformer.wte(idx))
+    model.transformer.wte.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untied
+    assert not model.token_embedding(idx).grad_fn._saved_sparse
+    model(idx, idx)[1].backward()
+    assert model.transformer.wte.weight.grad.layout == torch.strided  # no sparse gradient reaches an optimizer
+
+
 @pytest.mark.parametrize(
     "kw, key",
     [

@@ -307,6 +307,23 @@ class GPT(nn.Module):
             raise RuntimeError("subnet_state needs a full-size model; this one is already a physical subnet.")
         self._subnet = value
 
+    def token_embedding(self, idx: torch.Tensor) -> torch.Tensor:
+        """Look up token ids ``idx`` (B, T) -> (B, T, C), with a sparse gradient while the weight is tied to the head.
+
+        The look-up's gradient is B*T rows of a vocab x width matrix. Dense, autograd builds it as a zero-filled
+        vocab x width tensor and then adds it to the LM head's (dense) gradient of the same tied weight: two full
+        passes over 154 MB at GPT-2 124M for 128 rows. Sparse, the rows are added into the head's gradient, so the
+        weight's gradient is still dense (an optimizer and DDP see what they always saw: DDP reads
+        ``nn.Embedding.sparse``, left False, to expect a dense gradient). Measured by the strategy bench: about
+        0.12-0.16 s less per step at GPT-2 124M shape, batch 1 x 128 (DDP and TwIST alike). Untied, or inside
+        ``torch.compile``, the plain dense look-up runs.
+        """
+        wte = self.transformer.wte
+        if (wte.weight is self.lm_head.weight and wte.weight.requires_grad and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):
+            return F.embedding(idx, wte.weight, sparse=True)
+        return wte(idx)
+
     # ---- forward --------------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(logits (B, T, vocab), loss or None)`` for token ids ``idx`` (B, T)."""
@@ -314,7 +331,7 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds the model's block_size={self.config.block_size}.")
         pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.drop(self.token_embedding(idx) + self.transformer.wpe(pos))  # (B, T, C)
         subs = self._subnet or [None] * self.config.n_layer
         for block, sub in zip(self.transformer.h, subs):
             x = block(x, sub)
