@@ -123,7 +123,7 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
     names = [r["name"] for r in report["rows"]]
     assert names == ["tiny ddp", "tiny masked C=none", "tiny true C=none", "tiny hybrid C=none",
                      "tiny true C=first+last", "tiny true C=none bf16", "tiny true C=none unsharded",
-                     "tiny true C=none dropped"]
+                     "tiny true C=none kept"]
     for row in report["rows"]:
         assert {"step_s", "bytes_per_step", "bytes_per_sync", "train_state_bytes", "central_bytes",
                 "comm_ratio", "time_ratio", "state_ratio", "per_rank"} <= set(row)
@@ -134,30 +134,31 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
     assert masked["bytes_per_sync"] == true["bytes_per_sync"] and 0 < masked["comm_ratio"] < 1
     assert true["train_state_bytes"] < ddp["train_state_bytes"]
     keys = {"name", "value", "target", "met"}
-    assert report["targets"] and all(keys <= set(t) <= keys | {"floor"} for t in report["targets"])
+    assert report["targets"] and all(keys <= set(t) <= keys | {"kept_ratio", "kept_floor"} for t in report["targets"])
     memory = next(t for t in report["targets"] if "bytes held" in t["name"])
-    assert 0 < memory["floor"] <= memory["value"]  # the floor is what the true rank holds at the least
+    # the default (no shard between syncs) holds less than the least any kept shard can
+    assert 0 < memory["value"] < memory["kept_floor"] <= memory["kept_ratio"]
     assert "tiny ddp" in capsys.readouterr().out
     # every byte a rank holds, the bf16 row's halved payload, the timed syncs, and the traffic table by S
-    bf16, unsharded = report["rows"][5], report["rows"][6]
+    bf16, unsharded, kept = report["rows"][5:8]
     # sharded, bf16 halves both ways (to the owners and back)
     assert true["sync_s"] > 0 and bf16["bytes_per_step"] == pytest.approx(0.5 * true["bytes_per_step"], rel=0.02)
-    assert true["sharded"] and bf16["sharded"] and not unsharded["sharded"]
+    assert true["sharded"] and bf16["sharded"] and kept["sharded"] and not unsharded["sharded"]
     assert unsharded["central_bytes"] == param_bytes(GPTConfig.from_preset("tiny", n_layer=3))
     assert true["central_bytes"] < 0.6 * unsharded["central_bytes"]  # each of 2 ranks owns about half the rows
     assert true["received_per_sync"] < 2 * unsharded["received_per_sync"]
-    for row in (true, bf16, unsharded):  # the busiest rank's sum of the parts (each part: its busiest rank's)
+    for row in (kept, bf16, unsharded):  # the busiest rank's sum of the parts (each part: its busiest rank's)
         parts = ("train_state_bytes", "central_bytes", "moments_bytes", "outer_bytes", "index_bytes", "reference_bytes")
         assert row["train_state_bytes"] + row["central_bytes"] * 0.9 < row["rank_total_bytes"] <= sum(row[k] for k in parts)
     assert unsharded["rank_total_bytes"] == sum(unsharded[k] for k in parts)  # equal shards: every rank alike
     assert bf16["reference_bytes"] > 0 == true["reference_bytes"]
     assert ddp["rank_total_bytes"] == ddp["train_state_bytes"]
-    # keep_central=false: between syncs the rank holds its training state and indices only; at a sync, what the
-    # kept run holds (the shard it makes, the buffers), less than the kept run's weights + moments + grads + shard
-    dropped = report["rows"][7]
-    assert dropped["rank_total_bytes"] == dropped["train_state_bytes"] + dropped["index_bytes"]
-    assert dropped["rank_total_bytes"] < true["rank_total_bytes"] - 0.9 * true["central_bytes"]
-    assert dropped["sync_peak_bytes"] == true["sync_peak_bytes"] > true["central_bytes"] + true["param_bytes"]
+    # the default (keep_central=None: false here): between syncs the rank holds its training state and indices
+    # only; at a sync, what the kept run holds (the shard it makes, the buffers), less than the kept run's weights
+    # + moments + grads + shard
+    assert true["rank_total_bytes"] == true["train_state_bytes"] + true["index_bytes"]
+    assert true["rank_total_bytes"] < kept["rank_total_bytes"] - 0.9 * kept["central_bytes"]
+    assert true["sync_peak_bytes"] == kept["sync_peak_bytes"] > kept["central_bytes"] + kept["param_bytes"]
     assert ddp["sync_peak_bytes"] == ddp["rank_total_bytes"]
     traffic = {t["workers"]: t for t in report["config"]["traffic"]}
     assert sorted(traffic) == [2, 3, 4, 8, 64, 512] and all(traffic[s]["run"] == (s <= 4) for s in traffic)

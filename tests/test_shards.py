@@ -265,7 +265,7 @@ def test_a_central_model_dropped_between_syncs_is_the_kept_one_at_every_sync(tmp
     (dict(keep_central=False, shard_central=False), "twist.shard_central=False"),
     (dict(keep_central=False, outer="nesterov"), "twist.outer='nesterov'"),
     (dict(keep_central=False, sync_dtype="bfloat16"), "twist.sync_dtype='bfloat16'"),
-    (dict(keep_central="no"), "twist.keep_central='no'"),
+    (dict(keep_central="no"), "twist.keep_central='no' must be true, false or null"),
 ])
 def test_keep_central_false_refuses_what_needs_the_previous_central_model(kw, match):
     with pytest.raises(ValueError, match=match.replace(".", r"\.")):
@@ -276,3 +276,35 @@ def test_keep_central_false_needs_several_processes():
     core = TwISTCore(variant="masked", n_sub=2, keep_central=False)
     with pytest.raises(ValueError, match=r"twist\.keep_central=false needs several processes"):
         core.setup(gpt())
+
+
+@pytest.mark.parametrize("kw, kept", [
+    (dict(), False),  # sharded, float32, no outer step: the holders' average needs no previous central value
+    (dict(outer="nesterov"), True),
+    (dict(sync_dtype="bfloat16"), True),
+    (dict(shard_central=False), True),
+    (dict(keep_central=True), True),
+    (dict(keep_central=False), False),
+])
+def test_keep_central_by_default_drops_the_shard_where_that_is_exact(kw, kept):
+    core = TwISTCore(variant="true", n_sub=2, **kw)
+    assert core.keep_central is kept  # with several processes
+    assert core.keep_central_setting is kw.get("keep_central")
+
+
+def test_keep_central_by_default_keeps_the_one_copy_of_a_single_process():
+    core = TwISTCore(variant="masked", n_sub=2, workers_per_process=2)
+    core.setup(gpt())
+    assert core.keep_central is True and core.keep_central_setting is None
+
+
+def test_a_mid_round_look_refuses_a_resume_that_needs_the_rounds_start():
+    """A checkpoint that keep_central=false wrote mid-round holds the holders' average then, not the round's start:
+    an outer step or a bf16 sync would subtract from the wrong values, so the resume is refused before any work."""
+    state = {"round": 1, "step_in_round": 2, "steps_done": 5, "workers": [], "central_at_round_start": False}
+    TwISTCore(variant="true", n_sub=2).load_state_dict(state)  # the holders' average needs nothing before it
+    TwISTCore(variant="true", n_sub=2, outer="nesterov").load_state_dict({**state, "central_at_round_start": True})
+    for kw, names in ((dict(outer="nesterov"), "twist.outer='nesterov'"),
+                      (dict(sync_dtype="bfloat16"), "twist.sync_dtype='bfloat16'")):
+        with pytest.raises(ValueError, match=f"written mid-round.*{names}.*HINT"):
+            TwISTCore(variant="true", n_sub=2, **kw).load_state_dict(state)

@@ -368,6 +368,7 @@ def test_two_processes_sharded_equal_unsharded_and_resume_mid_round_bit_for_bit(
     fit(make_module(), twist(**kw), devices=2, max_steps=4, callbacks=[SubnetResampling(), ckpt], root=tmp_path,
         n=32)
     saved = torch.load(tmp_path / "step=4.ckpt", weights_only=False)
+    assert saved["twist"]["central_at_round_start"] is True  # the outer step keeps its shard: the round's start
     gpt = GPT(GPTConfig(**SHAPE))  # the whole central model, loadable without the strategy
     gpt.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")})
     assert saved["twist"]["outer_buffer"].numel() == sum(p.numel() for p in gpt.parameters())
@@ -394,10 +395,31 @@ def test_two_processes_keep_central_false_equals_kept_and_resumes_mid_round_bit_
     gpt = GPT(GPTConfig(**SHAPE))
     gpt.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")})
     assert saved["twist"]["step_in_round"] == 1
+    assert saved["twist"]["central_at_round_start"] is False  # a look at the holders' average at step 4
     resumed = make_module(seed=123)
     fit(resumed, twist(keep_central=False, **kw), devices=2, max_steps=7, callbacks=[SubnetResampling()],
         ckpt_path=str(tmp_path / "step=4.ckpt"), n=32)
     assert_same(params(resumed), params(runs[False]), atol=0)
+
+
+def test_two_processes_keep_central_by_default_with_gradient_accumulation_equals_kept():
+    """The default drops the central shard between syncs (true variant, float32, no outer step); with Lightning's
+    gradient accumulation (2 micro-batches per step, syncs every 3 steps) it trains the kept run's model bit for
+    bit, and its mid-round checkpoint says its central model is a look, not the round's start."""
+    kw = dict(variant="true", n_sub=2, common="none", sync_every=3, start_method="spawn")
+    runs = {}
+    for keep in (True, None):
+        os.environ["MASTER_PORT"] = str(free_port())
+        runs[keep] = make_module()
+        strategy = twist(keep_central=keep, **kw)
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=5, accumulate_grad_batches=2,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+        trainer.fit(runs[keep], loader(2, 48))
+        assert strategy.keep_central is (keep is True)
+    init = params(make_module())
+    assert any((init[k] - params(runs[None])[k]).abs().max() > 1e-3 for k in init)  # training moved the weights
+    assert_same(params(runs[None]), params(runs[True]), atol=0)
 
 
 def test_two_processes_keep_central_false_validates_between_syncs_without_changing_training():

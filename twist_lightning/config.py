@@ -103,8 +103,9 @@ class TwISTConfig:
     sync_dtype: SyncDtype = SyncDtype.float32  # bfloat16: both ways in bf16 (rounded starts, changes back), fp32 average
     shard_central: bool = True  # several processes: each owns 1/world of the central rows; false: one all_gather
     # false: no central values between syncs (a sync makes each shard from the workers; sharded, float32 sync,
-    # outer none; mid-round validation and checkpoints see the holders' average of the workers' values now)
-    keep_central: bool = True
+    # outer none; mid-round validation and checkpoints see the holders' average of the workers' values now);
+    # null: false where allowed with several processes, else true (here true: the outer step above needs it)
+    keep_central: Optional[bool] = None
     # {from_step: sync interval}, e.g. +twist.schedule='{0:1,100:15}' (the + adds keys to the empty default);
     # empty = sync_every throughout
     schedule: dict[int, int] = field(default_factory=dict)

@@ -136,8 +136,10 @@ class TwISTCore:
             back (:mod:`~twist_lightning.shards`): the central model is identical to the unsharded one, bit for
             bit, and no rank holds it whole except while validating or checkpointing (:meth:`materialize`).
             ``False``: every rank keeps the whole central model and a sync is one ``all_gather``.
-        keep_central: ``True``: each rank keeps its shard of the central model between syncs. ``False`` (sharded,
-            float32 sync, ``outer="none"``): no rank keeps any central value between syncs. The central model is
+        keep_central: ``None`` (the default): ``False`` wherever it is allowed and there are several processes,
+            else ``True`` (:attr:`keep_central` says which, exactly once :meth:`setup` knows the world size).
+            ``True``: each rank keeps its shard of the central model between syncs. ``False`` (sharded, float32
+            sync, ``outer="none"``): no rank keeps any central value between syncs. The central model is
             the holders' average, which needs no previous central value because every unit has a holder, so a
             sync makes each rank's shard from the workers' values, sends the next subnets from it and drops it
             when the next step starts (the training state then holds only the workers: at GPT-2 124M on 2
@@ -166,7 +168,7 @@ class TwISTCore:
         outer_momentum: float = 0.9,
         sync_dtype: str | SyncDtype = "float32",
         shard_central: bool = True,
-        keep_central: bool = True,
+        keep_central: bool | None = None,
         seed: int = 0,
     ) -> None:
         self.variant = choice("twist.variant", variant, Variant, TWIST_VARIANTS)
@@ -196,9 +198,9 @@ class TwISTCore:
                              "every step. HINT: add twist.optimizer_state=carry.")
         if not isinstance(shard_central, bool):
             raise ValueError(f"twist.shard_central={shard_central!r} must be true or false.")
-        if not isinstance(keep_central, bool):
-            raise ValueError(f"twist.keep_central={keep_central!r} must be true or false.")
-        if not keep_central:  # what needs the previous central values, which keep_central=false drops
+        if keep_central is not None and not isinstance(keep_central, bool):
+            raise ValueError(f"twist.keep_central={keep_central!r} must be true, false or null (false where allowed).")
+        if keep_central is False:  # what needs the previous central values, which keep_central=false drops
             needs = [(not shard_central, f"twist.shard_central={shard_central} (every rank keeps the whole central "
                       "model)", "twist.shard_central=true"),
                      (self.outer != OuterOptimizer.none, f"twist.outer={self.outer.value!r} (the outer step is taken "
@@ -210,7 +212,9 @@ class TwISTCore:
                     raise ValueError(f"twist.keep_central=false drops the central model between syncs, which "
                                      f"{why} needs. HINT: use {fix}, or twist.keep_central=true.")
         self.n_sub, self.common, self.scale, self.seed = n_sub, common, bool(scale), seed
-        self.shard_central, self.keep_central = shard_central, keep_central
+        self.shard_central, self.keep_central_setting = shard_central, keep_central
+        # what a sync with several processes does; setup settles it for the world size (one process keeps its copy)
+        self.keep_central = self._keeps(world_size=2)
         self.outer_lr, self.outer_momentum = float(outer_lr), float(outer_momentum)
 
         self.rank, self.world_size = 0, 1
@@ -249,6 +253,16 @@ class TwISTCore:
     def physical_on(self, rank: int) -> bool:
         return self.variant == Variant.true or (self.variant == Variant.hybrid and rank != 0)
 
+    def _keeps(self, world_size: int) -> bool:
+        """Whether ranks keep their central shard between syncs, for ``world_size`` processes.
+
+        ``keep_central=None`` drops it wherever that is exact: sharded (several processes), float32 sync and no
+        outer step, the settings under which a sync needs no previous central value."""
+        if self.keep_central_setting is not None:
+            return self.keep_central_setting
+        return not (self.shard_central and world_size > 1 and self.outer == OuterOptimizer.none
+                    and self.sync_dtype == SyncDtype.float32)
+
     def interval_at(self, step: int) -> int:
         """Optimizer steps per round for a round that starts at ``step``."""
         if step < self.warm_start:
@@ -268,7 +282,7 @@ class TwISTCore:
             raise ValueError(f"twist.warm_start={self.warm_start} is not shorter than the run "
                              f"(trainer.max_steps={max_steps}), so TwIST would never start. HINT: use a warm start "
                              "shorter than the run, or twist=none for data-parallel training.")
-        if not self.keep_central and world_size < 2:
+        if self.keep_central_setting is False and world_size < 2:
             raise ValueError("twist.keep_central=false needs several processes (it drops each rank's shard of the "
                              "central model; one process keeps the one copy its masked workers restore from). "
                              "HINT: set trainer.devices >= 2, or twist.keep_central=true.")
@@ -290,6 +304,7 @@ class TwISTCore:
         """
         self.rank, self.world_size = rank, world_size
         self.spec = self.check(model, world_size, max_steps)
+        self.keep_central = self._keeps(world_size)
         if world_size > 1:
             for t in model.state_dict().values():  # what DistributedDataParallel's wrapper would have broadcast
                 dist.broadcast(t, src=0)
@@ -887,6 +902,9 @@ class TwISTCore:
         return {"round": self.round, "step_in_round": self.step_in_round, "steps_done": self.steps_done,
                 "workers": local,
                 "outer_buffer": None if buffer is None else buffer.detach().cpu().clone(),
+                # keep_central=False mid-round: the checkpoint's central model is a look at the holders' average,
+                # not the round's start that an outer step or a bf16 sync subtracts from
+                "central_at_round_start": not self._shard_dropped,
                 "bytes_communicated": self.counter.bytes, "collective_calls": self.counter.calls,
                 "bytes_received": self.counter.received, "rank_counters": counters}
 
@@ -896,6 +914,15 @@ class TwISTCore:
         if missing:
             raise ValueError(f"a TwIST resume state needs the keys {sorted(missing)}; this checkpoint's TwIST state "
                              "is incomplete. HINT: resume from a checkpoint written by a TwIST run.")
+        needs = [what for bad, what in ((self.outer != OuterOptimizer.none, f"twist.outer={self.outer.value!r}"),
+                                        (self.sync_dtype != SyncDtype.float32,
+                                         f"twist.sync_dtype={self.sync_dtype.value!r}")) if bad]
+        if not state.get("central_at_round_start", True) and needs:
+            raise ValueError(f"this checkpoint was written mid-round (step {state['step_in_round']} of a round) by a "
+                             "run with twist.keep_central=false, so its central model is the holders' average at "
+                             f"that step, not the round's start that {' and '.join(needs)} needs at the next sync. "
+                             "HINT: resume it with twist.outer=none and twist.sync_dtype=float32, or from a "
+                             "checkpoint written at a sync (every_n_train_steps a multiple of twist.sync_every).")
         self._pending = dict(state)
 
 

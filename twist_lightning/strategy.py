@@ -78,7 +78,7 @@ class TwISTStrategy(DDPStrategy):
         outer_momentum: float = 0.9,
         sync_dtype: str = "float32",
         shard_central: bool = True,
-        keep_central: bool = True,
+        keep_central: bool | None = None,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
@@ -116,7 +116,9 @@ class TwISTStrategy(DDPStrategy):
     outer_momentum = _from_core("outer_momentum", "the outer step's momentum")
     sync_dtype = _from_core("sync_dtype", "the dtype held values travel in (an options.SyncDtype)")
     shard_central = _from_core("shard_central", "whether several processes shard the central model")
-    keep_central = _from_core("keep_central", "whether ranks keep their central shard between syncs")
+    keep_central = _from_core("keep_central", "whether ranks keep their central shard between syncs (settled at "
+                                              "setup; keep_central_setting is what was asked)")
+    keep_central_setting = _from_core("keep_central_setting", "keep_central as asked: True, False or None (auto)")
     round = _from_core("round", "syncs done")
     step_in_round = _from_core("step_in_round", "optimizer steps since the last sync")
     counter = _from_core("counter", "bytes and calls handed to collectives")
