@@ -143,3 +143,11 @@ def test_strategy_rows_keep_the_wait_for_the_slower_rank_out_of_the_sync(tmp_pat
     assert row["step_amortized_s"] == pytest.approx(1.5 + 0.4 / 4)  # the wait is in the slower rank's steps
     # memory: the most held at a step's end, and the largest sync peak of any rank, both with the indices
     assert row["rank_total_bytes"] == 19 and row["sync_peak_bytes"] == 26
+
+
+def test_strategy_passes_bracket_the_twist_rows_with_ddp_and_alternate_their_order() -> None:
+    from twist_lightning.bench.strategy import ROWS, _pass_order
+
+    twist = list(range(1, len(ROWS)))
+    assert _pass_order(0) == [0, *twist, 0] and _pass_order(1) == [0, *twist[::-1], 0] == _pass_order(3)
+    assert all(sorted(_pass_order(i)) == [0, 0, *twist] for i in range(4))  # every row once, DDP at both ends

@@ -129,6 +129,12 @@ def test_strategy_bench_tiny_writes_report(tmp_path, capsys):
                 "comm_ratio", "time_ratio", "state_ratio", "per_rank"} <= set(row)
         assert len(row["per_rank"]) == 2 and row["step_s"] > 0
     ddp, masked, true = report["rows"][:3]
+    # DDP at both ends of the pass; each TwIST row's ratio is to DDP's step interpolated to the row's place
+    assert len(ddp["step_s_per_pass"]) == 2
+    for row in report["rows"][1:]:
+        (reference,) = row["ddp_reference_s"]
+        assert min(ddp["step_s_per_pass"]) <= reference <= max(ddp["step_s_per_pass"])
+        assert row["time_ratio"] == pytest.approx((row["step_s_per_pass"][0] + row["sync_s"] / 2) / reference)
     assert ddp["bytes_per_step"] == param_bytes(GPTConfig.from_preset("tiny", n_layer=3))
     assert ddp["central_bytes"] == 0 and masked["central_bytes"] == true["central_bytes"] > 0
     assert masked["bytes_per_sync"] == true["bytes_per_sync"] and 0 < masked["comm_ratio"] < 1

@@ -44,6 +44,10 @@ Every figure is measured inside the ranks by a callback and written to a per-ran
 Both ranks share the machine's cores (1 torch thread each on 2 cores) and the machine may be shared with other
 work, so times are noisy: rows run one after another per pass, and ``--repeats`` passes are interleaved; a row's
 ``time_ratio`` is the median over passes of that pass's ratio to DDP's step (with ``time_ratio_min``/``max``).
+The machine also drifts within a pass (8 rows take about 2 minutes), so each pass runs DDP at both ends, the TwIST
+rows between in ``ROWS`` order on even passes and reversed on odd ones, and a row's ratio in a pass is to DDP's step
+interpolated linearly to the row's place in it (``ddp_reference_s`` per pass in each row): a row no longer gains
+or loses by running far from DDP.
 The 2 ranks are spawned once per preset (``torch.multiprocessing.spawn``) and run every strategy in turn as
 torchrun-style workers, so start-up (10-30 s a launch here) is paid once.
 """
@@ -80,7 +84,6 @@ from twist_lightning.workers import Layout
 PRESETS: dict[str, dict[str, Any]] = {
     # 8 steps x 6 interleaved passes: at 8 x 4 one row (true C=first+last) moved by 0.032 between two runs here
     # (bench/results/STRATEGY.md, runs 16-17)
-    # (bench/results/STRATEGY.md; 10 x 3 left masked and hybrid 0.04-0.05 apart)
     "gpt2": dict(model="gpt2", seq_len=128, batch=1, steps=8, warmup=1, repeats=6),
     "cpu": dict(model="cpu", seq_len=128, batch=16, steps=30, warmup=3, repeats=2),
     # 3 layers: with the first and last common a 2-layer model has nothing to split, which TwISTStrategy refuses
@@ -261,11 +264,23 @@ def run_jobs(jobs: list[dict[str, Any]], world: int = WORLD) -> None:
     torch.multiprocessing.spawn(_rank_main, args=(_free_port(), jobs, threads, world), nprocs=world, join=True)
 
 
+def _pass_step(ranks: list[dict], warmup: int) -> float:
+    """One run's step time: the slower rank's median over the steps after ``warmup``."""
+    return max(statistics.median(r["times_s"][warmup:] or r["times_s"]) for r in ranks)
+
+
+def _pass_order(i: int) -> list[int]:
+    """Rows (indices into ``ROWS``) in the order pass ``i`` runs them: DDP first and last, TwIST's rows between,
+    reversed every other pass."""
+    twist = list(range(1, len(ROWS)))
+    return [0, *(twist if i % 2 == 0 else twist[::-1]), 0]
+
+
 def _row(preset: str, label: str, variant: str | None, passes: list[list[dict]], warmup: int,
          sync_every: int) -> dict[str, Any]:
     """Aggregate the rank records of every pass of one strategy into a report row."""
     last = passes[-1]
-    step_medians = [max(statistics.median(r["times_s"][warmup:] or r["times_s"]) for r in ranks) for ranks in passes]
+    step_medians = [_pass_step(ranks, warmup) for ranks in passes]
     syncs = [t for ranks in passes for r in ranks for t in r["sync_times_s"]]
     step_s = statistics.median(step_medians)
     sync_s = statistics.median(syncs) if syncs else 0.0
@@ -336,11 +351,14 @@ def run(presets: list[str], steps: int | None = None, warmup: int | None = None,
         settings[preset] = {"model": cfg.to_dict(), "seq_len": seq_len, "batch_per_rank": p["batch"],
                             "steps": p["steps"], "warmup": p["warmup"], "repeats": p["repeats"]}
         records: dict[str, list[list[dict]]] = {label: [] for label, *_ in ROWS}
+        # per TwIST row and pass: DDP's step interpolated to the row's place in that pass (see the module docstring)
+        references: dict[str, list[float]] = {label: [] for label, *_ in ROWS[1:]}
         with tempfile.TemporaryDirectory(prefix="twist-bench-") as tmp:
             jobs = []
             for i in range(p["repeats"]):  # passes interleaved: load changes hit every strategy alike
-                for j, (label, variant, common, dtype, shard, keep) in enumerate(ROWS):
-                    folder = Path(tmp, f"pass{i}-row{j}")
+                for k, j in enumerate(_pass_order(i)):
+                    label, variant, common, dtype, shard, keep = ROWS[j]
+                    folder = Path(tmp, f"pass{i}-at{k}")
                     folder.mkdir()
                     jobs.append(dict(config=cfg, variant=variant, common=common, seq_len=seq_len, batch=p["batch"],
                                      steps=p["steps"], sync_every=sync_every, n_sub=n_sub, seed=seed,
@@ -348,18 +366,25 @@ def run(presets: list[str], steps: int | None = None, warmup: int | None = None,
                                      keep=keep))
             run_jobs(jobs)
             for i in range(p["repeats"]):
-                for j, (label, *_) in enumerate(ROWS):
-                    records[label].append([json.loads(Path(tmp, f"pass{i}-row{j}", f"rank{r}.json").read_text())
-                                           for r in range(WORLD)])
+                order = _pass_order(i)
+                ranks = [[json.loads(Path(tmp, f"pass{i}-at{k}", f"rank{r}.json").read_text()) for r in range(WORLD)]
+                         for k in range(len(order))]
+                first, end = _pass_step(ranks[0], p["warmup"]), _pass_step(ranks[-1], p["warmup"])
+                for k, j in enumerate(order):
+                    records[ROWS[j][0]].append(ranks[k])  # DDP: both ends of the pass
+                    if j:
+                        references[ROWS[j][0]].append(first + (end - first) * k / (len(order) - 1))
         preset_rows = [_row(preset, label, variant, records[label], p["warmup"], sync_every)
                        for label, variant, *_ in ROWS]
         ddp = preset_rows[0]
-        for row in preset_rows:
-            # the median over passes of this pass's ratio to DDP's (passes interleave the strategies), with spread
-            amortized = [s + (row["sync_s"] / sync_every if row["strategy"] != "ddp" else 0.0)
-                         for s in row["step_s_per_pass"]]
-            pairs = pair_ratios(amortized, ddp["step_s_per_pass"])
+        ddp["time_ratio"], ddp["time_ratio_min"], ddp["time_ratio_max"] = 1.0, 1.0, 1.0
+        for row in preset_rows[1:]:
+            # the median over passes of this pass's ratio to DDP's step at the row's place, with spread
+            amortized = [s + row["sync_s"] / sync_every for s in row["step_s_per_pass"]]
+            row["ddp_reference_s"] = references[row["name"].removeprefix(f"{preset} ")]
+            pairs = pair_ratios(amortized, row["ddp_reference_s"])
             row["time_ratio"], row["time_ratio_min"], row["time_ratio_max"] = pairs["median"], pairs["min"], pairs["max"]
+        for row in preset_rows:
             row["comm_ratio"] = row["bytes_per_step"] / ddp["bytes_per_step"]
             row["state_ratio"] = row["train_state_bytes"] / ddp["train_state_bytes"]
             row["rank_ratio"] = row["rank_total_bytes"] / ddp["rank_total_bytes"]
