@@ -919,7 +919,8 @@ class TwISTCore:
                                          f"twist.sync_dtype={self.sync_dtype.value!r}")) if bad]
         if not state.get("central_at_round_start", True) and needs:
             raise ValueError(f"this checkpoint was written mid-round (step {state['step_in_round']} of a round) by a "
-                             "run with twist.keep_central=false, so its central model is the holders' average at "
+                             "run that kept no central values between syncs (twist.keep_central false, the default "
+                             "with outer=none and a float32 sync), so its central model is the holders' average at "
                              f"that step, not the round's start that {' and '.join(needs)} needs at the next sync. "
                              "HINT: resume it with twist.outer=none and twist.sync_dtype=float32, or from a "
                              "checkpoint written at a sync (every_n_train_steps a multiple of twist.sync_every).")

@@ -82,8 +82,8 @@ from twist_lightning.workers import Layout
 
 #: Shapes: model preset (+ overrides), tokens per sequence, sequences per rank, steps, untimed steps, passes.
 PRESETS: dict[str, dict[str, Any]] = {
-    # 8 steps x 6 interleaved passes: at 8 x 4 one row (true C=first+last) moved by 0.032 between two runs here
-    # (bench/results/STRATEGY.md, runs 16-17)
+    # 8 steps x 6 interleaved passes, each bracketed by DDP: every row's ratio within +-0.03 across two runs here
+    # (bench/results/STRATEGY.md, runs 20-21; unbracketed, 8 x 4 and 8 x 6 left late rows 0.032-0.037 apart)
     "gpt2": dict(model="gpt2", seq_len=128, batch=1, steps=8, warmup=1, repeats=6),
     "cpu": dict(model="cpu", seq_len=128, batch=16, steps=30, warmup=3, repeats=2),
     # 3 layers: with the first and last common a 2-layer model has nothing to split, which TwISTStrategy refuses
