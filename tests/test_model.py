@@ -60,6 +60,9 @@ def test_lookup_is_sparse_only_while_tied_and_training():
     assert model.token_embedding(idx).grad_fn._saved_sparse  # tied and training: the sparse look-up
     with torch.no_grad():
         assert torch.equal(model.token_embedding(idx), model.transformer.wte(idx))
+    model.transformer.wte.padding_idx = 0  # the module's own option: its look-up, not the sparse one
+    assert not model.token_embedding(idx).grad_fn._saved_sparse
+    model.transformer.wte.padding_idx = None
     model.transformer.wte.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untied
     assert not model.token_embedding(idx).grad_fn._saved_sparse
     model(idx, idx)[1].backward()

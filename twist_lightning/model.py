@@ -312,15 +312,19 @@ class GPT(nn.Module):
 
         The look-up's gradient is B*T rows of a vocab x width matrix. Dense, autograd builds it as a zero-filled
         vocab x width tensor and then adds it to the LM head's (dense) gradient of the same tied weight: two full
-        passes over 154 MB at GPT-2 124M for 128 rows. Sparse, the rows are added into the head's gradient, so the
-        weight's gradient is still dense (an optimizer and DDP see what they always saw: DDP reads
-        ``nn.Embedding.sparse``, left False, to expect a dense gradient). Measured by the strategy bench: about
-        0.12-0.16 s less per step at GPT-2 124M shape, batch 1 x 128 (DDP and TwIST alike). Untied, or inside
-        ``torch.compile``, the plain dense look-up runs.
+        passes over 154 MB at GPT-2 124M for 128 rows. Sparse, the rows are added into the head's gradient, so
+        the weight's gradient stays dense whenever the loss goes through the logits, as every training loss here
+        does (a loss on the embeddings alone would leave a sparse gradient, which AdamW refuses). DDP reads
+        ``nn.Embedding.sparse``, left False, so it expects the dense gradient it gets. Measured by the strategy
+        bench: about 0.12-0.16 s less per step at GPT-2 124M shape, batch 1 x 128 (DDP and TwIST alike). CPU
+        only: on CUDA the rows would be added with atomics, in no fixed order (and no speed-up was measured
+        there). Untied, without grad, inside ``torch.compile`` or with the embedding's own options set
+        (padding_idx, max_norm, scale_grad_by_freq), the module's dense look-up runs.
         """
         wte = self.transformer.wte
         if (wte.weight is self.lm_head.weight and wte.weight.requires_grad and torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):
+                and idx.device.type == "cpu" and not torch.compiler.is_compiling()
+                and wte.padding_idx is None and wte.max_norm is None and not wte.scale_grad_by_freq):
             return F.embedding(idx, wte.weight, sparse=True)
         return wte(idx)
 
