@@ -27,8 +27,9 @@ Every figure is measured inside the ranks by a callback and written to a per-ran
   that accounting, S = 8, 64, 512.
 * ``rank_total_bytes``: every byte the rank keeps for training, the most at any step's end: its training state
   (below), the central model (sharded: the rank's rows; with ``keep_central`` false, the default for float32
-  sharded rows, only from a sync to the next step, when the sync has freed the gradients), carried moments, the outer optimizer's state, the index
-  bookkeeping and, sharded with bf16, each worker's round-start reference; ``rank_ratio`` is that over DDP's.
+  sharded rows, only from a sync to the next step, when the sync has freed the gradients), carried moments, the
+  outer optimizer's state, the index bookkeeping and, sharded with bf16, each worker's round-start reference;
+  ``rank_ratio`` is that over DDP's.
   Sharded rows assemble the whole central model only to validate and checkpoint (not in these runs) and after fit.
 * ``sync_peak_bytes``: the most bytes alive during a sync (``TwISTCore.sync_peak_bytes``, noted at each phase's
   end): the workers' values and optimizer state, the central shard and moments, the exchange buffers and the held
